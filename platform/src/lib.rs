@@ -1,0 +1,1 @@
+//! Half-Tunnel OS integration.

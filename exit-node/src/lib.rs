@@ -1,0 +1,7 @@
+//! The Half-Tunnel exit node: terminates the up and down legs of every client session,
+//! dials real destinations under an egress policy, and resolves DNS for clients.
+//!
+//! This crate is a binary plus the library its tests drive. It may depend on `proto`, tokio,
+//! tokio-tungstenite, rustls and hickory-resolver; protocol rules live in `proto`, not here.
+
+pub mod policy;

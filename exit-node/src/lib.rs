@@ -4,4 +4,6 @@
 //! This crate is a binary plus the library its tests drive. It may depend on `proto`, tokio,
 //! tokio-tungstenite, rustls and hickory-resolver; protocol rules live in `proto`, not here.
 
+pub mod config;
+pub mod keys;
 pub mod policy;

@@ -1,0 +1,141 @@
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A temp dir with a valid exit key and a client psk, for configs that name them.
+fn keydir(tag: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("ht-exit-config-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("exit.key"), keys::encode_key(&[1; 32])).unwrap();
+    std::fs::write(dir.join("c.psk"), keys::encode_key(&[2; 32])).unwrap();
+    Dir(dir)
+}
+
+const MINIMAL: &str = r#"
+private_key_file = "exit.key"
+[listen.up]
+address = "127.0.0.1:8443"
+path = "/u"
+[listen.down]
+address = "127.0.0.1:8443"
+path = "/d"
+[[clients]]
+name = "a"
+public_key = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM="
+psk_file = "c.psk"
+allow_ports = [25]
+"#;
+
+fn parse(dir: &Dir, text: &str) -> Result<Config, ConfigError> {
+    Config::parse(&dir.0.join("exit-node.toml"), text)
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let dir = keydir("minimal");
+    let config = parse(&dir, MINIMAL).unwrap();
+    assert_eq!(config.private_key, [1; 32]);
+    assert_eq!(config.clients[0].public_key, [3; 32]);
+    assert_eq!(config.clients[0].psk, Some([2; 32]));
+    assert_eq!(config.file.session.idle_ttl, Duration::from_secs(300));
+    assert_eq!(config.file.egress.blocked_ports, vec![25]);
+    assert_eq!(config.file.limits.max_message_size, 1 << 20);
+    assert!(config.file.admin.is_none());
+}
+
+#[test]
+fn sample_parses_and_matches_the_defaults() {
+    let file: FileConfig = toml::from_str(SAMPLE).expect("the shipped sample must parse");
+    let d = LimitsConfig::default();
+    assert_eq!(file.limits.max_sessions, d.max_sessions);
+    assert_eq!(
+        file.limits.max_streams_per_session,
+        d.max_streams_per_session
+    );
+    assert_eq!(
+        file.limits.max_buffered_bytes_per_session,
+        d.max_buffered_bytes_per_session
+    );
+    assert_eq!(
+        file.limits.handshakes_per_second_per_source,
+        d.handshakes_per_second_per_source
+    );
+    assert_eq!(file.limits.upgrade_timeout, d.upgrade_timeout);
+    assert_eq!(file.limits.handshake_timeout, d.handshake_timeout);
+    assert_eq!(file.limits.max_message_size, d.max_message_size);
+    assert_eq!(file.limits.bandwidth_per_client, d.bandwidth_per_client);
+    assert_eq!(
+        file.egress.blocked_ports,
+        EgressConfig::default().blocked_ports
+    );
+    assert_eq!(
+        file.egress.connect_timeout,
+        EgressConfig::default().connect_timeout
+    );
+    assert_eq!(
+        file.egress.udp_idle_timeout,
+        EgressConfig::default().udp_idle_timeout
+    );
+    assert_eq!(file.dns.cache_size, DnsConfig::default().cache_size);
+    assert_eq!(file.dns.timeout, DnsConfig::default().timeout);
+    assert_eq!(file.session.idle_ttl, SessionConfig::default().idle_ttl);
+    assert_eq!(
+        file.session.fallback_to_up_leg,
+        SessionConfig::default().fallback_to_up_leg
+    );
+    assert_eq!(file.log.stats_interval, LogConfig::default().stats_interval);
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key_and_file() {
+    let dir = keydir("unknown");
+    let text = MINIMAL.replace("[[clients]]", "[limits]\nmax_sesions = 3\n[[clients]]");
+    let err = parse(&dir, &text).unwrap_err().to_string();
+    assert!(err.contains("exit-node.toml"), "{err}");
+    assert!(err.contains("max_sesions"), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let dir = keydir("bad");
+    let cases = [
+        (
+            MINIMAL.replace("path = \"/d\"", "path = \"/u\""),
+            "listen.down.path",
+        ),
+        (
+            MINIMAL.replace("path = \"/u\"", "path = \"u\""),
+            "listen.up.path",
+        ),
+        (MINIMAL.replace("AwMD", "!!!!"), "clients[0].public_key"),
+        (
+            MINIMAL.replace("c.psk", "missing.psk"),
+            "clients[0].psk_file",
+        ),
+        (MINIMAL.replace("exit.key", "nope.key"), "private_key_file"),
+        (
+            MINIMAL.to_owned()
+                + "[[clients]]\npublic_key = \"AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\"\n",
+            "clients[1].public_key",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(&dir, &text).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{key}`")),
+            "expected the error to name {key}: {err}"
+        );
+    }
+    let err = parse(
+        &dir,
+        &(MINIMAL.to_owned() + "[session]\nidle_ttl = \"soon\"\n"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("idle_ttl"), "{err}");
+}

@@ -1,0 +1,235 @@
+use super::*;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const LIMITS: ListenerLimits = ListenerLimits {
+    upgrade_timeout: Duration::from_millis(300),
+    max_message_size: 64 * 1024,
+};
+
+struct Server {
+    addr: SocketAddr,
+    legs: mpsc::Receiver<LegSocket>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start(tls: Option<TlsAcceptor>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = Arc::new(Routes {
+        paths: vec![("/u".into(), Leg::Up), ("/d".into(), Leg::Down)],
+    });
+    let (tx, legs) = mpsc::channel(8);
+    let task = tokio::spawn(serve(listener, tls, routes, LIMITS, tx));
+    Server { addr, legs, task }
+}
+
+/// Send raw bytes, read until the server closes, return what it said.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    read.expect("server must close").expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn plain_get_gets_an_ordinary_404() {
+    let mut server = start(None).await;
+    for path in ["/", "/u", "/d?x=1", "/index.html"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let resp = raw_exchange(server.addr, req.as_bytes()).await;
+        assert!(
+            resp.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{path}: {resp}"
+        );
+        assert!(resp.contains("<h1>404 Not Found</h1>"), "{resp}");
+    }
+    // An upgrade to a path that is not a leg is a 404 too.
+    let upgrade = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    assert!(
+        raw_exchange(server.addr, upgrade.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+    assert!(server.legs.try_recv().is_err(), "no leg may be produced");
+}
+
+#[tokio::test]
+async fn garbage_bytes_get_no_protocol_answer() {
+    let server = start(None).await;
+    let resp = raw_exchange(
+        server.addr,
+        &[0x16, 0x03, 0x01, 0xff, 0x00, 0x42, 0x13, 0x37],
+    )
+    .await;
+    assert!(
+        resp.is_empty() || resp.starts_with("HTTP/1.1 400"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_routes_to_the_leg() {
+    let mut server = start(None).await;
+    for (path, leg) in [("/u", Leg::Up), ("/d", Leg::Down)] {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let url = format!("ws://{}{path}", server.addr);
+        let (mut client, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut accepted = server.legs.recv().await.unwrap();
+        assert_eq!(accepted.leg, leg);
+        assert!(!accepted.tls);
+        client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        let got = accepted.ws.next().await.unwrap().unwrap();
+        assert_eq!(got.into_data().as_ref(), &[1, 2, 3]);
+    }
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_upgrade_timeout() {
+    let server = start(None).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no bytes before close");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_partial_request_is_closed_after_the_upgrade_timeout() {
+    let server = start(None).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /u HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "the server must hang up on a request that never completes"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out).contains("101"),
+        "never upgraded"
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused() {
+    let mut server = start(None).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::client_async(format!("ws://{}/u", server.addr), tcp)
+        .await
+        .unwrap();
+    let mut accepted = server.legs.recv().await.unwrap();
+    let _ = client
+        .send(Message::binary(vec![0u8; LIMITS.max_message_size + 1]))
+        .await;
+    let got = tokio::time::timeout(Duration::from_secs(5), accepted.ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(got, Some(Err(_)) | None),
+        "oversized message must not surface: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_legs_work_with_a_test_ca() {
+    let ca = TestCa::new();
+    let dir = std::env::temp_dir().join(format!("ht-exit-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("leaf.crt"), dir.join("leaf.key"));
+    std::fs::write(&cert, &ca.leaf_pem).unwrap();
+    std::fs::write(&key, &ca.leaf_key_pem).unwrap();
+    let acceptor = tls::acceptor(&cert, &key).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = start(Some(acceptor)).await;
+
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = ca
+        .connector()
+        .connect("up.example.test".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://up.example.test:{}/u", server.addr.port());
+    let (mut client, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let mut accepted = server.legs.recv().await.unwrap();
+    assert!(accepted.tls);
+    assert_eq!(accepted.leg, Leg::Up);
+    client.send(Message::binary(vec![9; 1000])).await.unwrap();
+    assert_eq!(
+        accepted.ws.next().await.unwrap().unwrap().into_data().len(),
+        1000
+    );
+}
+
+#[test]
+fn tls_errors_name_the_file() {
+    let Err(err) = tls::acceptor(
+        Path::new("/nonexistent/cert.pem"),
+        Path::new("/nonexistent/key.pem"),
+    ) else {
+        panic!("a missing certificate must be an error");
+    };
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+use std::path::Path;
+
+/// A throwaway CA with one leaf for `up.example.test`.
+struct TestCa {
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    leaf_pem: String,
+    leaf_key_pem: String,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec!["up.example.test".into()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        TestCa {
+            ca_der: ca.der().clone(),
+            leaf_pem: leaf.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}

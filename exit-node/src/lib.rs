@@ -5,6 +5,10 @@
 //! tokio-tungstenite, rustls and hickory-resolver; protocol rules live in `proto`, not here.
 
 pub mod config;
+pub mod dial;
+pub mod dns;
 pub mod keys;
 pub mod listener;
 pub mod policy;
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,0 +1,166 @@
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::config::DnsConfig;
+use crate::policy::{Allowances, SpecialRange};
+use crate::testutil::DnsServer;
+
+const CLIENT: [u8; 32] = [1; 32];
+
+fn dialer(dns: &DnsServer, allow: &[&str]) -> Dialer {
+    let allow = Allowances {
+        cidrs: allow.iter().map(|c| c.parse().unwrap()).collect(),
+        ports: vec![],
+    };
+    let config = DnsConfig {
+        upstreams: vec![dns.addr],
+        cache_size: 16,
+        timeout: Duration::from_secs(2),
+    };
+    Dialer {
+        policy: Arc::new(EgressPolicy::default().with_global(allow)),
+        dns: Dns::new(&config).unwrap(),
+        connect_timeout: Duration::from_secs(3),
+    }
+}
+
+fn name(host: &str, port: u16) -> Target {
+    Target::Name(host.into(), port)
+}
+
+/// TESTPLAN §18: a hostname that resolves to a private, loopback or metadata address is
+/// refused after resolution, over TCP and UDP.
+#[tokio::test]
+async fn names_resolving_to_special_addresses_are_refused() {
+    let dns = DnsServer::start(vec![]).await;
+    let d = dialer(&dns, &[]);
+    for host in [
+        "private.example.test.",
+        "loop.example.test.",
+        "meta.example.test.",
+    ] {
+        let tcp = d.connect_tcp(&CLIENT, &name(host, 80)).await;
+        assert!(
+            matches!(
+                tcp,
+                Err(DialError::Refused(Refusal::SpecialRange(
+                    SpecialRange { .. }
+                )))
+            ),
+            "{host}: {tcp:?}"
+        );
+        let udp = d.connect_udp(&CLIENT, &name(host, 53)).await;
+        assert!(matches!(udp, Err(DialError::Refused(_))), "{host}: {udp:?}");
+    }
+    let lit = d
+        .connect_tcp(
+            &CLIENT,
+            &Target::Addr("[::ffff:127.0.0.1]:80".parse().unwrap()),
+        )
+        .await;
+    assert!(matches!(lit, Err(DialError::Refused(_))), "{lit:?}");
+}
+
+#[tokio::test]
+async fn allowed_names_connect_to_the_checked_address_with_happy_eyeballs() {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    // ::1 is tried first (IPv6 first) and refused by the kernel (nothing listens on it for
+    // this port); the IPv4 attempt then wins.
+    let dns = DnsServer::start(vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()]).await;
+    let d = dialer(&dns, &["127.0.0.0/8", "::1/128"]);
+    let accept = tokio::spawn(async move {
+        let (mut s, _) = server.accept().await.unwrap();
+        s.write_all(b"hi").await.unwrap();
+    });
+    let mut stream = d
+        .connect_tcp(&CLIENT, &name("echo.example.test.", port))
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.peer_addr().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], port))
+    );
+    let mut buf = [0u8; 2];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    accept.await.unwrap();
+}
+
+#[tokio::test]
+async fn mapped_literals_dial_the_canonical_address() {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let dns = DnsServer::start(vec![]).await;
+    let d = dialer(&dns, &["127.0.0.0/8"]);
+    let target = Target::Addr(format!("[::ffff:127.0.0.1]:{port}").parse().unwrap());
+    let stream = d.connect_tcp(&CLIENT, &target).await.unwrap();
+    assert_eq!(
+        stream.peer_addr().unwrap(),
+        SocketAddr::from(([127, 0, 0, 1], port))
+    );
+}
+
+#[tokio::test]
+async fn connect_failures_and_unknown_names_are_reported() {
+    let dns = DnsServer::start(vec![]).await;
+    let d = dialer(&dns, &["127.0.0.0/8"]);
+    // Bind then drop to get a port that refuses connections.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = d
+        .connect_tcp(
+            &CLIENT,
+            &Target::Addr(SocketAddr::from(([127, 0, 0, 1], port))),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(DialError::Connect { .. })),
+        "{refused:?}"
+    );
+    let unknown = d
+        .connect_tcp(&CLIENT, &name("nope.example.test.", 80))
+        .await;
+    assert!(matches!(unknown, Err(DialError::Resolve(_))), "{unknown:?}");
+}
+
+#[tokio::test]
+async fn udp_flows_reach_allowed_destinations() {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        let (n, from) = echo.recv_from(&mut buf).await.unwrap();
+        echo.send_to(&buf[..n], from).await.unwrap();
+    });
+    let dns = DnsServer::start(vec![]).await;
+    let d = dialer(&dns, &["127.0.0.0/8"]);
+    let sock = d
+        .connect_udp(&CLIENT, &Target::Addr(echo_addr))
+        .await
+        .unwrap();
+    sock.send(b"ping").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"ping");
+}
+
+#[test]
+fn interleave_alternates_families_ipv6_first() {
+    let ips: Vec<IpAddr> = ["1.1.1.1", "1.0.0.1", "2606::1"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let got: Vec<String> = interleave(ips).iter().map(|ip| ip.to_string()).collect();
+    assert_eq!(got, ["2606::1", "1.1.1.1", "1.0.0.1"]);
+}

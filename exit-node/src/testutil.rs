@@ -1,0 +1,115 @@
+//! Servers that tests start on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::net::UdpSocket;
+
+/// An authoritative test zone `example.test` served over UDP on 127.0.0.1.
+///
+/// Names: `www` (A 192.0.2.10, AAAA 2001:db8::10, TXT "hello"), `private` (A 10.0.0.5),
+/// `loop` (A 127.0.0.1), `meta` (A 169.254.169.254), `echo` (A/AAAA given at start).
+/// Anything else is NXDOMAIN with the zone's SOA.
+#[derive(Debug)]
+pub struct DnsServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DnsServer {
+    /// Start the server; `echo` names resolve to `echo_addrs`.
+    pub async fn start(echo_addrs: Vec<IpAddr>) -> DnsServer {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind test DNS server");
+        let addr = socket.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if let Ok(bytes) = answer(&query, &echo_addrs).to_vec() {
+                    let _ = socket.send_to(&bytes, from).await;
+                }
+            }
+        });
+        DnsServer { addr, task }
+    }
+}
+
+fn answer(query: &Message, echo: &[IpAddr]) -> Message {
+    let mut resp = Message::new();
+    resp.set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_authoritative(true)
+        .set_recursion_desired(query.recursion_desired())
+        .add_queries(query.queries().iter().cloned());
+    let Some(q) = query.queries().first() else {
+        return resp;
+    };
+    let name = q.name().to_lowercase().to_ascii();
+    let records = zone(&name, echo);
+    let Some(records) = records else {
+        resp.set_response_code(ResponseCode::NXDomain);
+        let soa = SOA::new(
+            n("ns.example.test."),
+            n("admin.example.test."),
+            1,
+            60,
+            60,
+            60,
+            30,
+        );
+        resp.add_name_server(Record::from_rdata(n("example.test."), 30, RData::SOA(soa)));
+        return resp;
+    };
+    let wanted = records
+        .into_iter()
+        .filter(|r| r.record_type() == q.query_type());
+    resp.add_answers(wanted.map(|rdata| Record::from_rdata(q.name().clone(), 60, rdata)));
+    resp
+}
+
+fn zone(name: &str, echo: &[IpAddr]) -> Option<Vec<RData>> {
+    let ip = |s: &str| IpAddr::from_str(s).expect("zone literal");
+    let rdata = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    };
+    Some(match name {
+        "www.example.test." => vec![
+            rdata(ip("192.0.2.10")),
+            rdata(ip("2001:db8::10")),
+            RData::TXT(TXT::new(vec!["hello".into()])),
+        ],
+        "private.example.test." => vec![rdata(ip("10.0.0.5"))],
+        "loop.example.test." => vec![rdata(ip("127.0.0.1"))],
+        "meta.example.test." => vec![rdata(ip("169.254.169.254"))],
+        "echo.example.test." => echo.iter().copied().map(rdata).collect(),
+        "empty.example.test." => vec![],
+        _ => return None,
+    })
+}
+
+fn n(s: &str) -> Name {
+    Name::from_ascii(s).expect("zone literal")
+}
+
+/// Build a raw DNS query for tests.
+pub fn query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut msg = Message::new();
+    msg.set_id(id).set_recursion_desired(true);
+    msg.add_query(hickory_proto::op::Query::query(n(name), rtype));
+    msg.to_vec().expect("encode test query")
+}

@@ -4,6 +4,7 @@
 //! This crate is a binary plus the library its tests drive. It may depend on `proto`, tokio,
 //! tokio-tungstenite, rustls and hickory-resolver; protocol rules live in `proto`, not here.
 
+pub mod admin;
 pub mod config;
 pub mod dial;
 pub mod dns;

@@ -1,1 +1,7 @@
-//! End-to-end tests.
+//! End-to-end tests of Half-Tunnel in network namespaces, and the tools they share.
+//!
+//! Everything here talks only to namespaces the test itself created (see [`netns`]) or to
+//! loopback; nothing is sent to any other address. Depends on the binaries, never on the
+//! internet.
+
+pub mod netns;

@@ -1,0 +1,8 @@
+//! The Half-Tunnel client: `sudo vpn-client up` routes the whole machine through the tunnel.
+//!
+//! This crate is the binary plus the library its tests drive: the CLI, the configuration,
+//! and the async drivers that pump TUN ⇄ netstack ⇄ proto ⇄ the two WebSocket legs. Protocol
+//! rules live in `proto`, packet handling in `netstack`, OS calls in `platform`; nothing here
+//! re-implements them.
+
+pub mod config;

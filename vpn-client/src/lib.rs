@@ -6,3 +6,4 @@
 //! re-implements them.
 
 pub mod config;
+pub mod leg;

@@ -1,0 +1,221 @@
+//! Connecting one leg: TCP (with the client's firewall mark, so the leg bypasses the TUN)
+//! → TLS (rustls; system roots + optional CA file, optional SHA-256 pin, or an explicit
+//! insecure switch for tests) → WebSocket upgrade with the configured Host and path.
+
+#[cfg(test)]
+mod tests;
+mod tls;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::LegConfig;
+
+pub use tls::TlsSetupError;
+
+/// Any byte stream a leg can run over (plain TCP or TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connected leg's WebSocket.
+pub type LegStream = WebSocketStream<Box<dyn Io>>;
+
+/// Why a leg could not be connected. The driver backs off on all of these; the message
+/// is what `status` shows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LegError {
+    /// The URL is not usable.
+    #[error("invalid leg URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: &'static str },
+    /// The CA file or pin is unusable.
+    #[error(transparent)]
+    TlsSetup(TlsSetupError),
+    /// The host name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (certificate, pin, protocol).
+    #[error("TLS with {server} failed: {source}")]
+    Tls {
+        server: String,
+        source: std::io::Error,
+    },
+    /// The server refused the WebSocket upgrade (e.g. 404: wrong path, or not our server).
+    #[error("WebSocket upgrade refused with HTTP status {0}")]
+    UpgradeRefused(u16),
+    /// The WebSocket handshake failed otherwise.
+    #[error("WebSocket handshake failed: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    /// Nothing completed in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// How to reach one leg; built once from config.
+#[derive(Clone)]
+pub struct LegEndpoint {
+    uri: Uri,
+    host: String,
+    port: u16,
+    connect_address: Option<SocketAddr>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    ws_config: WebSocketConfig,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for LegEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegEndpoint")
+            .field("uri", &self.uri)
+            .field("connect_address", &self.connect_address)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Facts about a connected leg, for logs and `status`.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// The address actually connected to.
+    pub peer: SocketAddr,
+    /// Whether TLS is in use.
+    pub tls: bool,
+}
+
+impl LegEndpoint {
+    /// Validate `config` and prepare TLS.
+    pub fn new(
+        config: &LegConfig,
+        max_message: usize,
+        timeout: Duration,
+    ) -> Result<LegEndpoint, LegError> {
+        let bad = |reason| LegError::InvalidUrl {
+            url: config.url.clone(),
+            reason,
+        };
+        let uri: Uri = config.url.parse().map_err(|_| bad("not a URL"))?;
+        let secure = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(bad("the scheme must be ws or wss")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| bad("no host"))?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let name = config.sni.clone().unwrap_or_else(|| host.clone());
+            let server =
+                ServerName::try_from(name).map_err(|_| bad("the TLS server name is invalid"))?;
+            Some((tls::connector(config).map_err(LegError::TlsSetup)?, server))
+        } else {
+            None
+        };
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        Ok(LegEndpoint {
+            uri,
+            host,
+            port,
+            connect_address: config.connect_address,
+            tls,
+            ws_config,
+            timeout,
+        })
+    }
+
+    /// Connect and upgrade. `prepare` is called on the socket before it connects (the driver
+    /// sets the firewall mark there).
+    pub async fn connect(
+        &self,
+        prepare: &(dyn Fn(&TcpSocket) -> std::io::Result<()> + Sync),
+    ) -> Result<(LegStream, Connected), LegError> {
+        match tokio::time::timeout(self.timeout, self.connect_inner(prepare)).await {
+            Ok(result) => result,
+            Err(_) => Err(LegError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn connect_inner(
+        &self,
+        prepare: &(dyn Fn(&TcpSocket) -> std::io::Result<()> + Sync),
+    ) -> Result<(LegStream, Connected), LegError> {
+        let addr = self.resolve().await?;
+        let connect_err = |source| LegError::Connect { addr, source };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(connect_err)?;
+        prepare(&socket).map_err(connect_err)?;
+        let tcp: TcpStream = socket.connect(addr).await.map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            Some((connector, server)) => {
+                let tls = connector.connect(server.clone(), tcp).await;
+                Box::new(tls.map_err(|source| LegError::Tls {
+                    server: server.to_str().into_owned(),
+                    source,
+                })?)
+            }
+            None => Box::new(tcp),
+        };
+        let request = self.uri.clone();
+        let (ws, _resp) =
+            tokio_tungstenite::client_async_with_config(request, io, Some(self.ws_config))
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                        LegError::UpgradeRefused(resp.status().as_u16())
+                    }
+                    other => LegError::WebSocket(Box::new(other)),
+                })?;
+        Ok((
+            ws,
+            Connected {
+                peer: addr,
+                tls: self.tls.is_some(),
+            },
+        ))
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, LegError> {
+        if let Some(addr) = self.connect_address {
+            return Ok(addr);
+        }
+        let resolve_err = |source| LegError::Resolve {
+            host: self.host.clone(),
+            source,
+        };
+        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(resolve_err)?;
+        addrs.next().ok_or_else(|| {
+            resolve_err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no addresses",
+            ))
+        })
+    }
+}

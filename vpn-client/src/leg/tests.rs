@@ -1,3 +1,6 @@
+// tungstenite's handshake callback type returns its (large) ErrorResponse by value.
+#![allow(clippy::result_large_err)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -5,5 +5,6 @@
 //! rules live in `proto`, packet handling in `netstack`, OS calls in `platform`; nothing here
 //! re-implements them.
 
+pub mod backoff;
 pub mod config;
 pub mod leg;

@@ -44,9 +44,9 @@ fn main() -> ExitCode {
             print!("{SAMPLE}");
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({} clients)", config.display(), c.clients.len());
+        Command::CheckConfig { config } => match check_config(&config) {
+            Ok(clients) => {
+                println!("{}: ok ({clients} clients)", config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -55,4 +55,16 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Everything `run` would load before binding: the config, its key files and TLS files.
+fn check_config(path: &std::path::Path) -> anyhow::Result<usize> {
+    let config = Config::load(path)?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    for leg in [&config.file.listen.up, &config.file.listen.down] {
+        if let Some(tls) = &leg.tls {
+            exit_node::listener::tls::acceptor(&base.join(&tls.cert), &base.join(&tls.key))?;
+        }
+    }
+    Ok(config.clients.len())
 }

@@ -11,5 +11,6 @@ pub mod dns;
 pub mod keys;
 pub mod listener;
 pub mod policy;
+pub mod server;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -61,17 +61,17 @@ pub async fn listen(
         upgrade_timeout: file.limits.upgrade_timeout,
         max_message_size: file.limits.max_message_size,
     };
-    let mut by_addr: BTreeMap<SocketAddr, (Vec<(String, Leg)>, &LegListener)> = BTreeMap::new();
+    let mut by_addr: BTreeMap<SocketAddr, SharedSocket<'_>> = BTreeMap::new();
     for (leg, cfg) in [(Leg::Up, &file.listen.up), (Leg::Down, &file.listen.down)] {
-        by_addr
-            .entry(cfg.address)
-            .or_insert_with(|| (Vec::new(), cfg))
-            .0
-            .push((cfg.path.clone(), leg));
+        let entry = by_addr.entry(cfg.address).or_insert_with(|| SharedSocket {
+            paths: Vec::new(),
+            cfg,
+        });
+        entry.paths.push((cfg.path.clone(), leg));
     }
     let mut tasks = JoinSet::new();
     let (mut up, mut down) = (None, None);
-    for (addr, (paths, cfg)) in by_addr {
+    for (addr, SharedSocket { paths, cfg }) in by_addr {
         let acceptor = match &cfg.tls {
             Some(t) => Some(tls::acceptor(
                 &config_dir.join(&t.cert),
@@ -121,6 +121,12 @@ pub async fn listen(
         admin: admin_addr,
         tasks,
     })
+}
+
+/// The legs served on one listening address (config validation guarantees they agree on TLS).
+struct SharedSocket<'a> {
+    paths: Vec<(String, Leg)>,
+    cfg: &'a LegListener,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -1,0 +1,34 @@
+//! The egress-policy canonicaliser and check (TESTPLAN §24): any address and port never
+//! panics; an allowed verdict is always the canonical form, is never a special range, and
+//! re-checking the dialled address gives the same verdict.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use exit_node::policy::{EgressPolicy, Transport, Verdict, canonical_ip, special_range};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 19 {
+        return;
+    }
+    let port = u16::from_be_bytes([data[0], data[1]]);
+    let ip = if data[2] & 1 == 0 {
+        IpAddr::V4(Ipv4Addr::new(data[3], data[4], data[5], data[6]))
+    } else {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&data[3..19]);
+        IpAddr::V6(Ipv6Addr::from(octets))
+    };
+    let policy = EgressPolicy::default();
+    let canonical = canonical_ip(ip);
+    assert_eq!(canonical_ip(canonical), canonical, "canonicalisation is idempotent");
+    for transport in [Transport::Tcp, Transport::Udp] {
+        let verdict = policy.check(&[0; 32], SocketAddr::new(ip, port), transport);
+        if let Verdict::Allow(dial) = verdict {
+            assert_eq!(dial.ip(), canonical);
+            assert!(special_range(dial.ip()).is_none(), "allowed a special range: {ip}");
+            assert_eq!(policy.check(&[0; 32], dial, transport), Verdict::Allow(dial));
+        }
+    }
+});

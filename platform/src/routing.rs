@@ -2,15 +2,21 @@
 //!
 //! ```text
 //! pref B    to <exclude>            lookup main          (one per excluded prefix)
-//! pref B+1  from all                lookup main suppress_prefixlength 0
+//! pref B+1  from all                lookup main suppress_prefixlength 0   (only if bypass_main_routes)
 //! pref B+2  not fwmark M            lookup T
 //! table T:  default dev <tun>       (or one route per included prefix)
 //! ```
 //! The client's own sockets (both legs, its DNS) carry mark `M` ([`crate::set_mark`]) and
 //! so skip rule B+2: they use the main table and never loop into the TUN, whatever IPs the
-//! relays resolve to. Rule B+1 keeps every more specific main-table route (the LAN, the
-//! TUN's own subnet) but ignores main's default route, so everything else reaches B+2.
-//! Excluded prefixes are looked up in main before anything else: they stay outside.
+//! relays resolve to. Excluded prefixes are looked up in main before anything else: they
+//! stay outside.
+//!
+//! Rule B+1 is wg-quick's: it keeps every main-table route more specific than the default
+//! (directly connected LANs, static routes) ahead of the tunnel. It is **off by default**:
+//! a full-device VPN must not send LAN-addressed traffic outside the tunnel (test plan
+//! items 9 and 16). Keep chosen prefixes local with `exclude` instead, or turn on
+//! [`RouteAllConfig::bypass_main_routes`] for exactly wg-quick's behaviour. In router mode,
+//! exclude the LAN prefixes, or the router's replies to its LAN would enter the TUN.
 
 use ipnet::IpNet;
 
@@ -36,6 +42,8 @@ pub struct RouteAllConfig {
     pub priority: u32,
     /// Which families to capture (normally both, so that IPv6 never leaks).
     pub families: Vec<Family>,
+    /// Add wg-quick's `lookup main suppress_prefixlength 0` rule (see the module docs).
+    pub bypass_main_routes: bool,
     /// Prefixes to send into the TUN; empty means everything.
     pub include: Vec<IpNet>,
     /// Prefixes that stay outside the tunnel (e.g. the LAN).
@@ -51,6 +59,7 @@ impl RouteAllConfig {
             table: DEFAULT_TABLE,
             priority: DEFAULT_PRIORITY,
             families: Family::ALL.to_vec(),
+            bypass_main_routes: false,
             include: Vec::new(),
             exclude: Vec::new(),
         }
@@ -91,13 +100,13 @@ impl RouteAllConfig {
                 table: TABLE_MAIN,
                 suppress_prefixlength: None,
             }));
-            out.push(Rule {
+            out.extend(self.bypass_main_routes.then_some(Rule {
                 family,
                 priority: self.priority + 1,
                 selector: RuleSelector::All,
                 table: TABLE_MAIN,
                 suppress_prefixlength: Some(0),
-            });
+            }));
             out.push(Rule {
                 family,
                 priority: self.priority + 2,

@@ -3,6 +3,19 @@
 //! The script first creates-then-deletes the table and then defines it whole, all in one
 //! `nft -f` transaction: the host never sees a half-built table, and reloading replaces it.
 //! The table is kernel state, so it stays when the client dies, until `down` removes it.
+//!
+//! Chains, each present only when configured:
+//! * `prerouting` (priority raw): drop packets that arrive on any other interface but are
+//!   addressed to the TUN's addresses — a LAN neighbour must not be able to probe the
+//!   tunnel address (CVE-2019-14899 class; wg-quick adds the same rule).
+//! * `output` (the kill switch, policy drop): only loopback, the marked legs, the TUN,
+//!   DHCP/DHCPv6 client traffic and IPv6 neighbour discovery leave; in router mode also
+//!   DHCP server replies and established traffic towards the LAN interfaces.
+//! * `forward` (router mode): LAN → TUN and its replies, with MSS clamping to the route
+//!   MTU; policy drop when the kill switch is on.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
 
 /// The default table name (`table inet half_tunnel`).
 pub const DEFAULT_TABLE: &str = "half_tunnel";
@@ -20,6 +33,8 @@ pub struct FirewallConfig {
     pub kill_switch: bool,
     /// Router mode: LAN interfaces whose traffic is forwarded through the TUN.
     pub lan_interfaces: Vec<String>,
+    /// The TUN's own addresses: packets to them from any other interface are dropped.
+    pub tun_addresses: Vec<IpAddr>,
 }
 
 impl FirewallConfig {
@@ -31,18 +46,22 @@ impl FirewallConfig {
             fwmark,
             kill_switch: true,
             lan_interfaces: Vec::new(),
+            tun_addresses: Vec::new(),
         }
     }
 
     /// Whether there is anything to load at all.
     pub fn is_needed(&self) -> bool {
-        self.kill_switch || !self.lan_interfaces.is_empty()
+        self.kill_switch || !self.lan_interfaces.is_empty() || !self.tun_addresses.is_empty()
     }
 
     /// The whole `nft -f -` script.
     pub fn script(&self) -> String {
         let t = &self.table;
         let mut s = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
+        if !self.tun_addresses.is_empty() {
+            s += &self.prerouting_chain();
+        }
         if self.kill_switch {
             s += &self.output_chain();
         }
@@ -52,8 +71,33 @@ impl FirewallConfig {
         s + "}\n"
     }
 
+    fn prerouting_chain(&self) -> String {
+        let mut s = String::from(
+            "  chain prerouting {\n    type filter hook prerouting priority raw; policy accept;\n",
+        );
+        for addr in &self.tun_addresses {
+            let family = if addr.is_ipv4() { "ip" } else { "ip6" };
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                s,
+                "    iifname != \"{}\" {family} daddr {addr} fib saddr type != local drop",
+                self.tun
+            );
+        }
+        s + "  }\n"
+    }
+
+    fn lans(&self) -> String {
+        let lans: Vec<String> = self
+            .lan_interfaces
+            .iter()
+            .map(|l| format!("\"{l}\""))
+            .collect();
+        lans.join(", ")
+    }
+
     fn output_chain(&self) -> String {
-        format!(
+        let mut s = format!(
             "  chain output {{\n\
              \x20   type filter hook output priority 0; policy drop;\n\
              \x20   oifname \"lo\" accept\n\
@@ -61,20 +105,23 @@ impl FirewallConfig {
              \x20   oifname \"{tun}\" accept\n\
              \x20   meta nfproto ipv4 udp sport 68 udp dport 67 accept comment \"DHCPv4\"\n\
              \x20   meta nfproto ipv6 udp sport 546 udp dport 547 accept comment \"DHCPv6\"\n\
-             \x20   icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept comment \"NDP\"\n\
-             \x20 }}\n",
+             \x20   icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept comment \"NDP\"\n",
             mark = self.fwmark,
             tun = self.tun,
-        )
+        );
+        if !self.lan_interfaces.is_empty() {
+            // The router still serves its LAN: DHCP offers and replies to LAN-initiated flows.
+            let lans = self.lans();
+            s += &format!(
+                "    oifname {{ {lans} }} udp sport 67 accept comment \"DHCP server\"\n\
+                 \x20   oifname {{ {lans} }} ct state established,related accept\n"
+            );
+        }
+        s + "  }\n"
     }
 
     fn forward_chain(&self) -> String {
-        let lans = self
-            .lan_interfaces
-            .iter()
-            .map(|l| format!("\"{l}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let lans = self.lans();
         let policy = if self.kill_switch { "drop" } else { "accept" };
         format!(
             "  chain forward {{\n\

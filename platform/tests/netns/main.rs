@@ -45,6 +45,7 @@ fn dns(resolv: &Path) -> DnsConfig {
 fn up(host: &mut Host<LinuxSystem>, t: &Temp) -> tun_rs::SyncDevice {
     let mut fw = FirewallConfig::kill_switch(TUN, MARK);
     fw.lan_interfaces = vec!["veth-a".into()];
+    fw.tun_addresses = vec!["10.77.0.1".parse().unwrap(), "fd77::1".parse().unwrap()];
     host.firewall(&fw).unwrap();
     let tun = host
         .create_tun(&TunConfig {
@@ -105,6 +106,7 @@ fn assert_up(t: &Temp) {
         "meta mark 0x00006874 accept",
         "oifname \"httun0\" accept",
         "maxseg size set rt mtu",
+        "iifname != \"httun0\" ip daddr 10.77.0.1 fib saddr type != local drop",
     ] {
         assert_contains(&nft, want);
     }
@@ -294,6 +296,14 @@ fn recv(s: &UdpSocket) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
+fn assert_nothing_more(s: &UdpSocket) {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = s.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+    assert!(got.is_err(), "unexpected datagram {got:?}");
+}
+
 /// Send one datagram from the client namespace to the peer, with or without the mark.
 fn send(marked: bool, payload: &[u8]) -> std::io::Result<usize> {
     let s = UdpSocket::bind("10.201.0.1:0").unwrap();
@@ -349,4 +359,56 @@ fn namespace_guard_deletes_on_panic() {
     .unwrap_err();
     let name = name.downcast_ref::<String>().unwrap().clone();
     assert!(!harness::sh("ip", &["netns", "list"]).contains(&name));
+}
+
+#[test]
+fn lan_packets_to_the_tunnel_address_are_dropped() {
+    if !available("lan_packets_to_the_tunnel_address_are_dropped") {
+        return;
+    }
+    let (a, b) = pair("cve");
+    b.ip(&["route", "add", "10.77.0.0/24", "via", "10.201.0.1"]);
+    let t = temp();
+    a.run(|| {
+        let mut host = Host::begin(LinuxSystem::default(), &t.journal).unwrap();
+        let tun = host.create_tun(&tun_only()).unwrap();
+        let rx = UdpSocket::bind("10.77.0.1:40124").unwrap();
+        let probe = |payload: &'static [u8]| {
+            b.run(|| {
+                let s = UdpSocket::bind("10.201.0.2:0").unwrap();
+                s.send_to(payload, "10.77.0.1:40124").unwrap();
+            })
+        };
+        probe(b"control");
+        assert_eq!(
+            recv(&rx),
+            b"control",
+            "reachable from the LAN without the guard"
+        );
+        let mut fw = FirewallConfig::kill_switch(TUN, MARK);
+        fw.kill_switch = false;
+        fw.tun_addresses = vec!["10.77.0.1".parse().unwrap()];
+        host.firewall(&fw).unwrap();
+        probe(b"probe");
+        let local = UdpSocket::bind("127.0.0.1:0").unwrap();
+        local.send_to(b"local", "10.77.0.1:40124").unwrap();
+        assert_eq!(
+            recv(&rx),
+            b"local",
+            "the LAN probe was dropped, local traffic was not"
+        );
+        drop(tun);
+        host.restore().unwrap();
+    });
+}
+
+fn tun_only() -> TunConfig {
+    TunConfig {
+        name: TUN.into(),
+        mtu: 1500,
+        ipv4: Some(("10.77.0.1".parse().unwrap(), 24)),
+        ipv6: Vec::new(),
+        offload: false,
+        multi_queue: false,
+    }
 }

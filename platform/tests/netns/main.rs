@@ -397,6 +397,7 @@ fn lan_packets_to_the_tunnel_address_are_dropped() {
             b"local",
             "the LAN probe was dropped, local traffic was not"
         );
+        assert_nothing_more(&rx);
         drop(tun);
         host.restore().unwrap();
     });

@@ -51,6 +51,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An interface with the TUN's name already exists: we will not adopt (and later
+    /// delete) something that is not ours.
+    #[error("interface {name} already exists; choose another TUN name or remove it")]
+    LinkExists {
+        /// Interface name.
+        name: String,
+    },
     /// `setsockopt(SO_MARK)` failed (needs CAP_NET_ADMIN).
     #[error("setting SO_MARK {mark:#x} on a socket: {source}")]
     Mark {

@@ -1,7 +1,6 @@
 //! A recording fake of [`System`] for unit tests of callers.
 
-use std::collections::HashMap;
-use std::io;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +35,8 @@ pub struct RecordingSystem {
     pub files: HashMap<PathBuf, FileState>,
     /// In-memory sysctls.
     pub sysctls: HashMap<String, String>,
+    /// Interfaces that exist (the TUN is added by `create_tun`, removed by `delete_link`).
+    pub links: HashSet<String>,
     /// What [`System::resolved_running`] answers.
     pub resolved: bool,
     /// Fail (once) the change call with this index (0-based over `calls`), without recording it.
@@ -66,10 +67,17 @@ impl System for RecordingSystem {
     type Tun = ();
 
     fn create_tun(&mut self, config: &TunConfig) -> Result<()> {
-        self.record(Call::CreateTun(config.clone()))
+        self.record(Call::CreateTun(config.clone()))?;
+        self.links.insert(config.name.clone());
+        Ok(())
+    }
+    fn link_exists(&mut self, name: &str) -> Result<bool> {
+        Ok(self.links.contains(name))
     }
     fn delete_link(&mut self, name: &str) -> Result<()> {
-        self.record(Call::DeleteLink(name.into()))
+        self.record(Call::DeleteLink(name.into()))?;
+        self.links.remove(name);
+        Ok(())
     }
     fn add_rule(&mut self, rule: &Rule) -> Result<()> {
         self.record(Call::AddRule(rule.clone()))
@@ -110,11 +118,6 @@ impl System for RecordingSystem {
         Ok(self.files.get(path).cloned().unwrap_or(FileState::Absent))
     }
     fn write_file(&mut self, path: &Path, state: &FileState) -> Result<()> {
-        if path.as_os_str().is_empty() {
-            return Err(Error::file("writing", path)(
-                io::ErrorKind::InvalidInput.into(),
-            ));
-        }
         self.record(Call::WriteFile(path.into(), state.clone()))?;
         self.files.insert(path.into(), state.clone());
         Ok(())

@@ -114,8 +114,14 @@ impl<S: System> Host<S> {
         &self.journal
     }
 
-    /// Create the TUN device (journaled as "delete the link").
+    /// Create the TUN device (journaled as "delete the link"). Refuses a name that is
+    /// already taken, so that restore never deletes someone else's interface.
     pub fn create_tun(&mut self, config: &TunConfig) -> Result<S::Tun> {
+        if self.sys.link_exists(&config.name)? {
+            return Err(Error::LinkExists {
+                name: config.name.clone(),
+            });
+        }
         self.journal.record(UndoAction::DeleteLink {
             name: config.name.clone(),
         })?;

@@ -134,6 +134,18 @@ impl System for LinuxSystem {
         })
     }
 
+    fn link_exists(&mut self, name: &str) -> Result<bool> {
+        match run("ip", ["link", "show", "dev", name], None) {
+            Ok(_) => Ok(true),
+            Err(Error::Command { stderr, .. })
+                if ALREADY_GONE.iter().any(|s| stderr.contains(s)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn delete_link(&mut self, name: &str) -> Result<()> {
         tolerate_gone(run("ip", ["link", "del", "dev", name], None))
     }

@@ -18,6 +18,8 @@ pub trait System {
 
     /// Create the TUN device, set its MTU and addresses, and bring it up.
     fn create_tun(&mut self, config: &TunConfig) -> Result<Self::Tun>;
+    /// Whether a network interface with this name exists.
+    fn link_exists(&mut self, name: &str) -> Result<bool>;
     /// Delete a network interface (`ip link del`). Missing is fine.
     fn delete_link(&mut self, name: &str) -> Result<()>;
     /// `ip rule add`.

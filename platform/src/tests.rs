@@ -384,3 +384,15 @@ fn journal_round_trips_through_the_file() {
     reopened.remove().unwrap();
     assert!(Journal::open(dir.path()).unwrap().is_none());
 }
+
+#[test]
+fn an_existing_interface_is_never_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sys = RecordingSystem::new();
+    sys.links.insert(TUN.into());
+    let mut host = Host::begin(sys, dir.path()).unwrap();
+    let err = host.create_tun(&tun_config()).unwrap_err();
+    assert!(matches!(err, Error::LinkExists { .. }), "{err}");
+    let sys = host.restore().unwrap();
+    assert!(sys.calls.is_empty(), "nothing journaled, nothing deleted");
+}

@@ -398,6 +398,11 @@ fn lan_packets_to_the_tunnel_address_are_dropped() {
             "the LAN probe was dropped, local traffic was not"
         );
         assert_nothing_more(&rx);
+        let again = host.create_tun(&tun_only());
+        assert!(
+            matches!(again, Err(Error::LinkExists { .. })),
+            "the name is taken"
+        );
         drop(tun);
         host.restore().unwrap();
     });

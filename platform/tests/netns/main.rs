@@ -418,3 +418,37 @@ fn tun_only() -> TunConfig {
         multi_queue: false,
     }
 }
+
+#[test]
+fn tun_with_offload_and_multi_queue_works_async() {
+    if !available("tun_with_offload_and_multi_queue_works_async") {
+        return;
+    }
+    let ns = Netns::new("tun");
+    let t = temp();
+    ns.run(|| {
+        let mut host = Host::begin(LinuxSystem::default(), &t.journal).unwrap();
+        let config = TunConfig {
+            mtu: 65535,
+            offload: true,
+            multi_queue: true,
+            ..tun_only()
+        };
+        let tun = host.create_tun(&config).unwrap();
+        assert!(tun.tcp_gso(), "IFF_VNET_HDR with TSO accepted");
+        let queue2 = tun.try_clone().expect("a second queue");
+        assert_contains(&cmd("ip", &["link", "show", TUN]), "mtu 65535");
+        // The client's driver turns the handle into a tokio device.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dev = tun_rs::AsyncDevice::new(queue2).unwrap();
+            assert_eq!(dev.name().unwrap(), TUN);
+        });
+        drop(tun);
+        host.restore().unwrap();
+        assert!(!cmd("ip", &["-o", "link"]).contains(TUN));
+    });
+}

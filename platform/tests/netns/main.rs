@@ -452,3 +452,69 @@ fn tun_with_offload_and_multi_queue_works_async() {
         assert!(!cmd("ip", &["-o", "link"]).contains(TUN));
     });
 }
+
+const HELPER_ENV: &str = "HT_PLATFORM_CRASH_HELPER";
+
+/// Not a test on its own: with `HT_PLATFORM_CRASH_HELPER=<temp dir>` it brings everything
+/// up (in the namespace it was started in), says so, and waits to be killed.
+#[test]
+fn crash_helper() {
+    let Some(dir) = std::env::var_os(HELPER_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let t = Temp {
+        _dir: tempfile::tempdir().unwrap(),
+        journal: dir.join("journal"),
+        resolv: dir.join("resolv.conf"),
+    };
+    let mut host = Host::begin(LinuxSystem::default(), &t.journal).unwrap();
+    let _tun = up(&mut host, &t);
+    println!("HT-READY");
+    std::thread::sleep(Duration::from_secs(30));
+    panic!("crash_helper was not killed");
+}
+
+#[test]
+fn kill_9_then_recover_is_byte_identical() {
+    use std::io::{BufRead, BufReader};
+    if !available("kill_9_then_recover_is_byte_identical") {
+        return;
+    }
+    let (a, _b) = pair("kill");
+    let t = temp();
+    let dir = t.resolv.parent().unwrap().to_owned();
+    a.run(|| {
+        let before = settled(&t.resolv);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_helper", "--nocapture", "--test-threads=1"])
+            .env(HELPER_ENV, &dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let ready = stdout
+            .lines()
+            .map_while(|l| l.ok())
+            .any(|l| l.contains("HT-READY"));
+        child.kill().unwrap(); // SIGKILL, by pid: the child is ours
+        child.wait().unwrap();
+        assert!(ready, "the helper never came up");
+        assert_contains(&cmd("nft", &["list", "tables"]), DEFAULT_NFT_TABLE);
+        assert!(
+            !cmd("ip", &["-o", "link"]).contains(TUN),
+            "the TUN died with the process"
+        );
+        let err = send(false, b"x").unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "host stays closed"
+        );
+        assert!(matches!(
+            recover(&mut LinuxSystem::default(), &t.journal),
+            Ok(Recovery::Restored(_))
+        ));
+        assert_same(&before, &settled(&t.resolv));
+    });
+}

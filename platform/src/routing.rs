@@ -22,10 +22,10 @@ use ipnet::IpNet;
 
 use crate::types::{Family, Route, RouteKind, Rule, RuleSelector, TABLE_MAIN};
 
-/// The default firewall mark of the client's own sockets ("ht").
-pub const DEFAULT_FWMARK: u32 = 0x6874;
+/// The default firewall mark of the client's own sockets ("HT"; vpn-client's default too).
+pub const DEFAULT_FWMARK: u32 = 0x4854;
 /// The default routing table for the TUN.
-pub const DEFAULT_TABLE: u32 = 0x6874;
+pub const DEFAULT_TABLE: u32 = 0x4854;
 /// The default priority of the first rule.
 pub const DEFAULT_PRIORITY: u32 = 5200;
 

@@ -282,22 +282,22 @@ fn route_all_plan_with_include_and_exclude() {
         [
             "-4 priority 5200 to 192.168.1.0/24 table 254",
             "-4 priority 5201 table 254 suppress_prefixlength 0",
-            "-4 priority 5202 not fwmark 0x6874 table 26740",
+            "-4 priority 5202 not fwmark 0x4854 table 18516",
             "-6 priority 5201 table 254 suppress_prefixlength 0",
-            "-6 priority 5202 not fwmark 0x6874 table 26740",
+            "-6 priority 5202 not fwmark 0x4854 table 18516",
         ]
     );
     let routes: Vec<String> = cfg.routes().iter().map(|r| r.args().join(" ")).collect();
     assert_eq!(
         routes,
-        ["203.0.113.0/24 dev ht0 table 26740"],
+        ["203.0.113.0/24 dev ht0 table 18516"],
         "no IPv6 include: nothing captured for v6"
     );
     cfg.include.clear();
     let routes: Vec<String> = cfg.routes().iter().map(|r| r.args().join(" ")).collect();
     assert_eq!(
         routes,
-        ["0.0.0.0/0 dev ht0 table 26740", "::/0 dev ht0 table 26740"]
+        ["0.0.0.0/0 dev ht0 table 18516", "::/0 dev ht0 table 18516"]
     );
     let throw = Route {
         dest: "10.0.0.0/8".parse().unwrap(),
@@ -309,7 +309,7 @@ fn route_all_plan_with_include_and_exclude() {
 
 #[test]
 fn kill_switch_script_is_one_whole_table() {
-    let fw = FirewallConfig::kill_switch(TUN, 0x6874);
+    let fw = FirewallConfig::kill_switch(TUN, 0x4854);
     let s = fw.script();
     assert!(
         s.starts_with(
@@ -320,7 +320,7 @@ fn kill_switch_script_is_one_whole_table() {
     for want in [
         "policy drop;",
         "oifname \"lo\" accept",
-        "meta mark 0x6874 accept",
+        "meta mark 0x4854 accept",
         "oifname \"ht0\" accept",
         "udp dport 67",
         "nd-neighbor-solicit",

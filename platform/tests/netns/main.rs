@@ -158,7 +158,7 @@ fn assert_host_untouched(host_sysctls: &str) {
     assert_eq!(sysctls(), host_sysctls, "host sysctls changed");
     let rules = cmd("ip", &["rule", "show"]) + &cmd("ip", &["-6", "rule", "show"]);
     assert!(
-        !rules.contains("0x6874") && !rules.contains("26740"),
+        !rules.contains("0x4854") && !rules.contains("18516"),
         "host rules changed:\n{rules}"
     );
     let nft = Command::new("nft")

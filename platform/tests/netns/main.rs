@@ -100,10 +100,11 @@ fn assert_up(t: &Temp) {
     );
     assert_contains(&cmd("ip", &["link", "show", TUN]), "mtu 65535");
     let nft = cmd("nft", &["list", "table", "inet", DEFAULT_NFT_TABLE]);
+    let marked = format!("meta mark {MARK:#010x} accept");
     for want in [
         "policy drop",
         "oifname \"lo\" accept",
-        "meta mark 0x00006874 accept",
+        &marked,
         "oifname \"httun0\" accept",
         "maxseg size set rt mtu",
         "iifname != \"httun0\" ip daddr 10.77.0.1 fib saddr type != local drop",

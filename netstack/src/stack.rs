@@ -1,0 +1,388 @@
+//! The [`Stack`]: one smoltcp `Interface`, sharded socket sets, flow tables.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
+use smoltcp::phy::DeviceCapabilities;
+use smoltcp::wire::{HardwareAddress, IpCidr};
+
+use crate::config::Config;
+use crate::device::{self, QueueDevice};
+use crate::dns::DnsTable;
+use crate::error::Error;
+use crate::event::{EchoRequest, Event};
+use crate::packet::{self, Drop, FlowKey, Inbound};
+use crate::stats::Stats;
+use crate::tcp::TcpTable;
+use crate::udp::UdpTable;
+use crate::{build, config};
+
+/// The interface's own addresses. Default routes point at them, which is what
+/// smoltcp's AnyIP needs to accept every other destination. Both are from
+/// special-purpose blocks (RFC 7600 dummy address, RFC 6666 discard prefix) that no
+/// app has a reason to reach.
+const IFACE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 0, 8);
+const IFACE_V6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
+
+/// Bound on egress rounds per shard poll; smoltcp emits one segment per socket per
+/// round. A shard that hits it stays dirty and continues at the next flush.
+const MAX_EGRESS_ROUNDS: usize = 4096;
+/// Period of the idle/expiry scan over all flow tables.
+pub(crate) const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// One slice of the TCP sockets. smoltcp finds the socket for a segment by a
+/// linear scan, so sockets are spread over shards by 4-tuple hash and each shard
+/// is polled with only its own sockets.
+pub(crate) struct Shard {
+    pub sockets: SocketSet<'static>,
+    pub rx: VecDeque<Vec<u8>>,
+    pub flows: Vec<crate::event::TcpFlowId>,
+    pub dirty: bool,
+    pub poll_at: Option<Instant>,
+}
+
+/// Userspace TCP/IP termination for every packet a TUN device hands over.
+///
+/// Sans-IO: it never reads the clock, touches a socket or spawns a task. The
+/// caller owns the TUN and the clock and drives it in this order:
+///
+/// 1. [`Stack::new`] once.
+/// 2. For every packet read from the TUN: [`handle_packet(now, &pkt)`](Stack::handle_packet).
+///    When the instant from [`poll_timeout`](Stack::poll_timeout) passes:
+///    [`handle_timeout(now)`](Stack::handle_timeout).
+/// 3. Drain [`poll_event`](Stack::poll_event) until `None`, reacting with the flow
+///    methods (`tcp_accept`/`tcp_refuse`, `tcp_recv`, `tcp_send`, `udp_send_to_app`,
+///    `dns_reply`, `icmp_echo_reply`, ...). Flow methods may be called at any time,
+///    e.g. when tunnel data arrives.
+/// 4. Drain [`poll_transmit(now)`](Stack::poll_transmit) until `None`, writing each
+///    packet to the TUN.
+/// 5. Re-arm one timer from [`poll_timeout`](Stack::poll_timeout), then wait for the
+///    TUN, the tunnel or the timer, and go to 2.
+///
+/// Work is batched: inputs and flow methods only queue; smoltcp runs when an output
+/// method is called. Every output method brings the stack up to date first, so any
+/// order of output calls is correct.
+pub struct Stack {
+    pub(crate) config: Config,
+    pub(crate) iface: Interface,
+    pub(crate) caps: DeviceCapabilities,
+    pub(crate) base: Instant,
+    pub(crate) now: Instant,
+    pub(crate) shards: Vec<Shard>,
+    pub(crate) tx: VecDeque<Vec<u8>>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) stats: Stats,
+    pub(crate) tcp: TcpTable,
+    pub(crate) udp: UdpTable,
+    pub(crate) dns: DnsTable,
+    pub(crate) next_id: u64,
+    pub(crate) next_housekeeping: Option<Instant>,
+    pub(crate) buffer_memory: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("tcp_flows", &self.tcp.flows.len())
+            .field("udp_flows", &self.udp.flows.len())
+            .field("buffer_memory", &self.buffer_memory)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// Creates a stack; `now` is the time base for every later call.
+    pub fn new(config: Config, now: Instant) -> Result<Self, Error> {
+        config.validate()?;
+        let caps = device::capabilities(config.mtu);
+        let iface = new_interface(&config, &caps);
+        let nshards = (config.max_tcp_flows / 64)
+            .clamp(1, 256)
+            .next_power_of_two();
+        let shards = (0..nshards).map(|_| Shard::new()).collect();
+        Ok(Self {
+            config,
+            iface,
+            caps,
+            base: now,
+            now,
+            shards,
+            tx: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            tcp: TcpTable::default(),
+            udp: UdpTable::default(),
+            dns: DnsTable::default(),
+            next_id: 1,
+            next_housekeeping: None,
+            buffer_memory: 0,
+            hasher: Default::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Bytes of TCP socket buffers currently allocated or reserved (pending flows
+    /// reserve theirs), the quantity limited by `max_buffer_memory`.
+    pub fn buffer_memory(&self) -> usize {
+        self.buffer_memory
+    }
+
+    /// Number of TCP flows (pending, open, and DNS-over-TCP).
+    pub fn tcp_flow_count(&self) -> usize {
+        self.tcp.flows.len()
+    }
+
+    /// Number of UDP flows.
+    pub fn udp_flow_count(&self) -> usize {
+        self.udp.flows.len()
+    }
+
+    /// Feeds one IP packet read from the TUN. Bad packets are counted and dropped.
+    pub fn handle_packet(&mut self, now: Instant, pkt: &[u8]) {
+        self.advance(now);
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += pkt.len() as u64;
+        match packet::classify(pkt, self.config.mtu) {
+            Err(drop) => self.count_drop(drop),
+            Ok(Inbound::Tcp(seg)) => self.on_tcp(seg, pkt),
+            Ok(Inbound::Udp { key, payload }) => self.on_udp(key, payload),
+            Ok(Inbound::Echo {
+                src,
+                dst,
+                ident,
+                seq,
+                payload,
+            }) => self.on_echo(EchoRequest {
+                src,
+                dst,
+                ident,
+                seq,
+                payload: payload.to_vec().into(),
+            }),
+        }
+    }
+
+    /// Runs timers (retransmission, keep-alive, delayed ACK, idle expiry) due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        for shard in &mut self.shards {
+            if shard.poll_at.is_some_and(|t| t <= now) {
+                shard.dirty = true;
+            }
+        }
+        self.flush();
+        if self.next_housekeeping.is_some_and(|t| t <= now) {
+            self.housekeeping();
+        }
+    }
+
+    /// Next packet to write to the TUN.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.advance(now);
+        self.flush();
+        let pkt = self.tx.pop_front()?;
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += pkt.len() as u64;
+        Some(pkt)
+    }
+
+    /// Next event for the caller.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.flush();
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None`
+    /// when nothing is timed.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.flush();
+        let shards = self.shards.iter().filter_map(|s| s.poll_at);
+        shards.chain(self.next_housekeeping).min()
+    }
+
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    pub(crate) fn smol_now(&self) -> smoltcp::time::Instant {
+        let micros = self.now.saturating_duration_since(self.base).as_micros();
+        smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+    }
+
+    fn std_instant(&self, t: smoltcp::time::Instant) -> Instant {
+        self.base + Duration::from_micros(u64::try_from(t.total_micros()).unwrap_or(0))
+    }
+
+    pub(crate) fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn shard_of(&self, key: &FlowKey) -> usize {
+        // shards.len() is a power of two.
+        (self.hasher.hash_one(key) as usize) & (self.shards.len() - 1)
+    }
+
+    /// Makes sure the housekeeping scan is scheduled while any table has entries.
+    pub(crate) fn arm_housekeeping(&mut self) {
+        if self.next_housekeeping.is_none() {
+            self.next_housekeeping = Some(self.now + HOUSEKEEPING);
+        }
+    }
+
+    fn count_drop(&mut self, drop: Drop) {
+        let s = &mut self.stats;
+        *match drop {
+            Drop::Malformed => &mut s.dropped_malformed,
+            Drop::Checksum => &mut s.dropped_checksum,
+            Drop::Fragment => &mut s.dropped_fragment,
+            Drop::Oversized => &mut s.dropped_oversized,
+            Drop::Unsupported => &mut s.dropped_unsupported,
+            Drop::NonUnicast => &mut s.dropped_non_unicast,
+        } += 1;
+    }
+
+    /// Queues an event that carries a datagram, unless the queue is full.
+    pub(crate) fn push_datagram_event(&mut self, ev: Event) -> bool {
+        if self.events.len() >= self.config.max_queued_events {
+            self.stats.events_dropped += 1;
+            return false;
+        }
+        self.events.push_back(ev);
+        true
+    }
+
+    /// Queues a packet built by the stack itself.
+    pub(crate) fn push_tx(&mut self, pkt: Vec<u8>) {
+        self.tx.push_back(pkt);
+    }
+
+    fn on_echo(&mut self, req: EchoRequest) {
+        if self.push_datagram_event(Event::IcmpEcho(req)) {
+            self.stats.icmp_echo_requests += 1;
+        }
+    }
+
+    /// Answers an echo request with an echo reply from `req.dst` carrying `req.payload`.
+    pub fn icmp_echo_reply(&mut self, req: &EchoRequest) -> Result<(), Error> {
+        let pkt = build::echo_reply(req.dst, req.src, req.ident, req.seq, &req.payload)
+            .ok_or(Error::InvalidState)?;
+        if pkt.len() > self.config.mtu {
+            return Err(Error::TooLarge {
+                len: pkt.len(),
+                limit: self.config.mtu,
+            });
+        }
+        self.push_tx(pkt);
+        Ok(())
+    }
+
+    /// Polls every dirty shard until none is dirty (bounded).
+    pub(crate) fn flush(&mut self) {
+        for _ in 0..4 {
+            let mut any = false;
+            for s in 0..self.shards.len() {
+                if self.shards[s].dirty {
+                    any = true;
+                    self.poll_shard(s);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// Runs smoltcp over one shard: all queued ingress, egress until quiet, then
+    /// the flow sweep that turns socket state into events.
+    pub(crate) fn poll_shard(&mut self, s: usize) {
+        let ts = self.smol_now();
+        let shard = &mut self.shards[s];
+        shard.dirty = false;
+        let mut dev = QueueDevice {
+            rx: &mut shard.rx,
+            tx: &mut self.tx,
+            caps: &self.caps,
+        };
+        self.iface.poll(ts, &mut dev, &mut shard.sockets);
+        let mut rounds = 0;
+        while self.iface.poll_egress(ts, &mut dev, &mut shard.sockets)
+            == PollResult::SocketStateChanged
+        {
+            rounds += 1;
+            if rounds == MAX_EGRESS_ROUNDS {
+                shard.dirty = true;
+                break;
+            }
+        }
+        self.sweep_shard(s);
+        let ts = self.smol_now();
+        let at = self.iface.poll_at(ts, &self.shards[s].sockets);
+        self.shards[s].poll_at = at.map(|t| self.std_instant(t));
+    }
+
+    /// Periodic scan: accept/idle timeouts, UDP expiry, DNS expiry.
+    fn housekeeping(&mut self) {
+        self.next_housekeeping = None;
+        self.tcp_housekeeping();
+        self.udp_housekeeping();
+        self.dns_housekeeping();
+        self.flush();
+        if !(self.tcp.flows.is_empty() && self.udp.flows.is_empty() && self.dns.is_empty()) {
+            self.arm_housekeeping();
+        }
+    }
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            sockets: SocketSet::new(Vec::new()),
+            rx: VecDeque::new(),
+            flows: Vec::new(),
+            dirty: false,
+            poll_at: None,
+        }
+    }
+}
+
+fn new_interface(config: &Config, caps: &DeviceCapabilities) -> Interface {
+    let mut ic = IfaceConfig::new(HardwareAddress::Ip);
+    ic.random_seed = config.random_seed;
+    let (mut rx, mut tx) = (VecDeque::new(), VecDeque::new());
+    let mut dev = QueueDevice {
+        rx: &mut rx,
+        tx: &mut tx,
+        caps,
+    };
+    let mut iface = Interface::new(ic, &mut dev, smoltcp::time::Instant::ZERO);
+    iface.update_ip_addrs(|addrs| {
+        // Capacity (IFACE_MAX_ADDR_COUNT) is at least 2 in every smoltcp build.
+        let _ = addrs.push(IpCidr::new(IFACE_V4.into(), 32));
+        let _ = addrs.push(IpCidr::new(IFACE_V6.into(), 128));
+    });
+    // A fresh route table has room for both defaults.
+    let _ = iface.routes_mut().add_default_ipv4_route(IFACE_V4);
+    let _ = iface.routes_mut().add_default_ipv6_route(IFACE_V6);
+    iface.set_any_ip(true);
+    iface
+}
+
+/// Largest UDP payload that fits one packet from `src` at this MTU.
+pub(crate) fn max_udp_payload(mtu: usize, src: std::net::IpAddr) -> usize {
+    mtu.min(config::MAX_MTU) - build::udp_overhead(src)
+}

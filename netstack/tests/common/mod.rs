@@ -480,6 +480,8 @@ pub struct Pair {
     pub events: Vec<Event>,
     pub packets_to_app: u64,
     pub packets_to_stack: u64,
+    /// Wall time spent inside `Stack` calls made by [`Pair::step`] (benchmarks).
+    pub stack_time: Duration,
 }
 
 impl Pair {
@@ -496,6 +498,7 @@ impl Pair {
             events: Vec::new(),
             packets_to_app: 0,
             packets_to_stack: 0,
+            stack_time: Duration::ZERO,
         }
     }
 
@@ -507,6 +510,7 @@ impl Pair {
     pub fn step(&mut self) -> bool {
         let mut moved = false;
         self.app.poll(self.smol_now());
+        let started = Instant::now();
         while let Some(p) = self.app.dev.tx.pop_front() {
             if self.check {
                 parse_out(&p);
@@ -529,6 +533,7 @@ impl Pair {
             self.packets_to_app += 1;
             moved = true;
         }
+        self.stack_time += started.elapsed();
         moved
     }
 

@@ -1,6 +1,8 @@
 //! The fault-injecting relay on loopback: it forwards faithfully, and each hook does what
-#![allow(clippy::result_large_err)] // tungstenite's handshake callback returns its large ErrorResponse by value.
 //! it says.
+
+// tungstenite's handshake callback returns its large ErrorResponse by value.
+#![allow(clippy::result_large_err)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -7,4 +7,5 @@
 
 pub mod backoff;
 pub mod config;
+pub mod flows;
 pub mod leg;

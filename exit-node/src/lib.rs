@@ -10,7 +10,9 @@ pub mod dial;
 pub mod dns;
 pub mod keys;
 pub mod listener;
+pub mod node;
 pub mod policy;
 pub mod server;
+pub mod session;
 #[cfg(test)]
 pub(crate) mod testutil;

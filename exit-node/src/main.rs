@@ -3,8 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Read as _;
+use std::path::Path;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use exit_node::config::{Config, SAMPLE};
+use exit_node::keys::{decode_key, encode_key};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The Half-Tunnel exit node: terminates the two legs of client sessions, dials
 /// destinations under a default-deny egress policy, and resolves DNS.
@@ -22,6 +28,17 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Run the node in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads clients and
+    /// egress policy.
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "/etc/half-tunnel/exit-node.toml")]
+        config: PathBuf,
+    },
+    /// Print a new private key (base64).
+    Genkey,
+    /// Read a private key (base64) on standard input and print its public key.
+    Pubkey,
     /// Parse and validate a configuration (and the key files it names) without starting.
     CheckConfig {
         /// The configuration file.
@@ -44,6 +61,12 @@ fn main() -> ExitCode {
             print!("{SAMPLE}");
             ExitCode::SUCCESS
         }
+        Command::Run { config } => report(run(&config)),
+        Command::Genkey => {
+            println!("{}", encode_key(&proto::generate_keypair().0));
+            ExitCode::SUCCESS
+        }
+        Command::Pubkey => report(pubkey()),
         Command::CheckConfig { config } => match check_config(&config) {
             Ok(clients) => {
                 println!("{}: ok ({clients} clients)", config.display());
@@ -57,10 +80,61 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything `run` would load before binding: the config, its key files and TLS files.
-fn check_config(path: &std::path::Path) -> anyhow::Result<usize> {
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exit-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pubkey() -> anyhow::Result<()> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let private = decode_key(&text).context("standard input")?;
+    println!("{}", encode_key(&proto::public_key(&private)));
+    Ok(())
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let config = Config::load(path)?;
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let node = exit_node::node::start(&config, &dir).await?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match Config::load(path).map_err(anyhow::Error::from).and_then(|c| Ok(node.reload(&c)?)) {
+                    Ok(ended) => tracing::info!(sessions_ended = ended, "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+                },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("draining sessions");
+        node.shutdown(std::time::Duration::from_secs(5)).await;
+        Ok(())
+    })
+}
+
+/// Everything `run` would load before binding: the config, its key files and TLS files.
+fn check_config(path: &Path) -> anyhow::Result<usize> {
+    let config = Config::load(path)?;
+    exit_node::node::proto_settings(&config)?;
+    let base = path.parent().unwrap_or(Path::new("."));
     for leg in [&config.file.listen.up, &config.file.listen.down] {
         if let Some(tls) = &leg.tls {
             exit_node::listener::tls::acceptor(&base.join(&tls.cert), &base.join(&tls.key))?;

@@ -49,7 +49,8 @@ impl Leg {
     /// Both legs.
     pub const BOTH: [Leg; 2] = [Leg::Up, Leg::Down];
 
-    pub(crate) fn index(self) -> usize {
+    /// 0 for up, 1 for down (the order of `Stats::legs`).
+    pub fn index(self) -> usize {
         match self {
             Leg::Up => 0,
             Leg::Down => 1,

@@ -1,0 +1,189 @@
+//! Assembling a running node from a validated config: resolver, dialer, session store,
+//! listeners, admin endpoint and the periodic stats line. `main` adds signals; tests start
+//! a node in-process on loopback with port 0.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::admin::{Admin, Metrics};
+use crate::config::Config;
+use crate::dial::Dialer;
+use crate::dns::{Dns, DnsError};
+use crate::server::{self, Listening, StartError};
+use crate::session::{self, Hub, SessionLimits};
+
+/// Why the node could not start (beyond config errors).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Listeners or TLS.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The resolver.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// A limit is outside what the protocol allows.
+    #[error("limits.{key}: {message}")]
+    Limit {
+        /// The config key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// Where it listens.
+    pub listening: Listening,
+    /// The session store.
+    pub hub: Arc<Hub>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn dialer(config: &Config) -> Result<Dialer, NodeError> {
+    Ok(Dialer {
+        policy: Arc::new(config.policy.clone()),
+        dns: Dns::new(&config.file.dns)?,
+        connect_timeout: config.file.egress.connect_timeout,
+    })
+}
+
+/// Protocol settings from `[session]` and `[limits]`.
+pub fn proto_settings(config: &Config) -> Result<proto::Settings, NodeError> {
+    let limits = &config.file.limits;
+    let defaults = proto::Settings::default();
+    let max_record = (limits
+        .max_message_size
+        .saturating_sub(proto::message::RECORD_OVERHEAD))
+    .min(defaults.max_record as usize) as u32;
+    if max_record < proto::MIN_MAX_RECORD {
+        return Err(NodeError::Limit {
+            key: "max_message_size",
+            message: format!(
+                "must be at least {} bytes (one protocol record)",
+                proto::MIN_MAX_RECORD as usize + proto::message::RECORD_OVERHEAD
+            ),
+        });
+    }
+    // Half the per-session buffer budget for what the client sends us; the rest bounds
+    // what we hold for the client (the client's window, announced in its handshake).
+    let session_window = (limits.max_buffered_bytes_per_session / 2).min(u32::MAX as usize) as u32;
+    if session_window < defaults.stream_window.min(1 << 20) {
+        return Err(NodeError::Limit {
+            key: "max_buffered_bytes_per_session",
+            message: "must be at least 2 MiB".into(),
+        });
+    }
+    Ok(proto::Settings {
+        max_streams: limits.max_streams_per_session.min(u32::MAX as usize) as u32,
+        session_window,
+        stream_window: defaults.stream_window.min(session_window),
+        max_stream_window: defaults.max_stream_window.min(session_window),
+        max_record,
+        fallback: config.file.session.fallback_to_up_leg,
+        idle_ttl: config.file.session.idle_ttl,
+        ..defaults
+    })
+}
+
+/// Start everything `config` describes; `config_dir` anchors relative file names.
+pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError> {
+    let metrics = Metrics::default();
+    let limits = SessionLimits {
+        proto: proto_settings(config)?,
+        max_sessions: config.file.limits.max_sessions,
+        handshake_timeout: config.file.limits.handshake_timeout,
+        handshakes_per_second: config.file.limits.handshakes_per_second_per_source,
+        udp_idle_timeout: config.file.egress.udp_idle_timeout,
+    };
+    let hub = Hub::new(
+        config.private_key,
+        &config.clients,
+        dialer(config)?,
+        limits,
+        metrics.clone(),
+    );
+    let (legs_tx, legs_rx) = mpsc::channel(256);
+    let mut tasks = vec![tokio::spawn(session::serve(hub.clone(), legs_rx))];
+    let admin = Admin {
+        metrics,
+        ready: Arc::new(AtomicBool::new(false)),
+        sessions: hub.clone(),
+    };
+    let listening = server::listen(&config.file, config_dir, Some(admin), legs_tx).await?;
+    tasks.push(tokio::spawn(stats_lines(
+        hub.clone(),
+        config.file.log.stats_interval,
+    )));
+    tracing::info!(
+        up = %listening.up,
+        down = %listening.down,
+        clients = config.clients.len(),
+        public_key = %proto::fingerprint(&proto::public_key(&config.private_key)),
+        "exit node running"
+    );
+    Ok(Node {
+        listening,
+        hub,
+        tasks,
+    })
+}
+
+impl Node {
+    /// Apply a reloaded config's clients and egress policy; sessions of removed client
+    /// keys end. Listener and limit changes need a restart.
+    pub fn reload(&self, config: &Config) -> Result<usize, NodeError> {
+        Ok(self.hub.reload(&config.clients, dialer(config)?))
+    }
+
+    /// Stop accepting, end every session, and wait up to `deadline` for them to go.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        self.listening.stop_accepting();
+        self.hub
+            .close_all(proto::CloseCode::Shutdown, "exit node shutting down");
+        let until = tokio::time::Instant::now() + deadline;
+        while self.hub.session_count() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.hub.session_count();
+        tracing::info!(sessions_left = left, "shut down");
+    }
+}
+
+async fn stats_lines(hub: Arc<Hub>, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut last = (0u64, 0u64);
+    loop {
+        tick.tick().await;
+        let (streams, up, down) = hub.totals();
+        let secs = every.as_secs_f64();
+        tracing::info!(
+            sessions = hub.session_count(),
+            streams,
+            up_bytes_per_sec = (up.saturating_sub(last.0) as f64 / secs) as u64,
+            down_bytes_per_sec = (down.saturating_sub(last.1) as f64 / secs) as u64,
+            "stats"
+        );
+        hub.metrics.streams.set(streams as i64);
+        last = (up, down);
+    }
+}

@@ -1,0 +1,662 @@
+//! One session's driver: a loop around `proto::Connection` (STYLE.md §3). Each step is
+//! named: take input (leg messages, destination I/O, dial results, operator commands),
+//! feed the core, drain its transmits into the legs, act on its events, re-arm its timer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use proto::{CloseCode, Connection, Event, Read, ResetCode, Scope, StreamId, StreamKind, Transmit};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::streams::{Dialed, Flow, MAX_OUTSTANDING, WriterCmd, describe};
+use super::{ClientInfo, Hub, Status, lock};
+use crate::admin::{Direction, DirectionLabel, ReasonLabel};
+use crate::dial::DialError;
+use crate::listener::{self, LegSocket};
+use crate::policy::Refusal;
+
+/// Messages queued to a leg's writer before the driver waits for it.
+const LEG_QUEUE: usize = 64;
+/// Bytes read from the core per stream read.
+const STREAM_READ: usize = 256 * 1024;
+/// Inputs handled per loop turn before transmits are drained.
+const BATCH: usize = 64;
+
+/// Everything that wakes the driver.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// An attach arrived on a new transport.
+    Attach(Box<(proto::message::Attach, LegSocket)>),
+    /// A message on an attached leg.
+    Record {
+        leg: proto::Leg,
+        generation: u64,
+        data: Bytes,
+    },
+    /// A leg's transport closed or failed.
+    LegClosed { leg: proto::Leg, generation: u64 },
+    /// A dial finished.
+    Dialed {
+        id: StreamId,
+        result: Result<Dialed, DialError>,
+    },
+    /// Bytes from a TCP destination.
+    TcpData { id: StreamId, data: Bytes },
+    /// A TCP destination finished sending.
+    TcpEof { id: StreamId },
+    /// A TCP destination failed.
+    TcpError { id: StreamId, error: String },
+    /// A writer finished one chunk.
+    Wrote { id: StreamId },
+    /// A datagram from a UDP destination.
+    Udp { id: StreamId, data: Bytes },
+    /// A DNS answer (`None`: the query was not DNS).
+    DnsAnswer { id: u32, msg: Option<Vec<u8>> },
+    /// End the session.
+    Close(CloseCode, &'static str),
+}
+
+fn to_proto(leg: listener::Leg) -> proto::Leg {
+    match leg {
+        listener::Leg::Up => proto::Leg::Up,
+        listener::Leg::Down => proto::Leg::Down,
+    }
+}
+
+/// A leg's transport: a writer task fed by a channel and a reader task feeding the inbox.
+#[derive(Debug)]
+struct LegIo {
+    generation: u64,
+    peer: SocketAddr,
+    out: mpsc::Sender<Message>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for LegIo {
+    fn drop(&mut self) {
+        // The writer ends (and closes the WebSocket) once `out` is dropped and drained.
+        self.reader.abort();
+    }
+}
+
+pub(crate) struct Driver {
+    hub: Arc<Hub>,
+    client: ClientInfo,
+    conn: Connection,
+    inbox: mpsc::Sender<Input>,
+    status: Arc<Mutex<Status>>,
+    legs: [Option<LegIo>; 2],
+    generation: u64,
+    /// A transmit whose leg queue was full.
+    stalled: Option<Transmit>,
+    flows: HashMap<StreamId, Flow>,
+}
+
+impl Driver {
+    pub fn new(
+        hub: Arc<Hub>,
+        client: ClientInfo,
+        conn: Connection,
+        inbox: mpsc::Sender<Input>,
+        status: Arc<Mutex<Status>>,
+    ) -> Self {
+        Driver {
+            hub,
+            client,
+            conn,
+            inbox,
+            status,
+            legs: [None, None],
+            generation: 0,
+            stalled: None,
+            flows: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
+    /// Run until the session ends.
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<Input>, up: LegSocket) {
+        self.install_leg(up, None);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            self.drain_transmits();
+            if !self.handle_events() {
+                break;
+            }
+            let timer = self.conn.poll_timeout().map(Instant::from_std);
+            let stalled_out = self.stalled_sender();
+            tokio::select! {
+                input = inbox.recv() => match input {
+                    Some(input) => self.handle_input_batch(input, &mut inbox),
+                    None => break,
+                },
+                _ = sleep_until(timer), if timer.is_some() => self.conn.handle_timeout(self.now()),
+                permit = reserve(stalled_out.clone()), if stalled_out.is_some() => {
+                    if let (Ok(permit), Some(t)) = (permit, self.stalled.take()) {
+                        self.count_tx(&t);
+                        permit.send(Message::Binary(t.payload));
+                    }
+                }
+                _ = tick.tick() => self.housekeeping(),
+            }
+        }
+        self.finish();
+    }
+
+    fn handle_input_batch(&mut self, first: Input, inbox: &mut mpsc::Receiver<Input>) {
+        self.handle_input(first);
+        for _ in 1..BATCH {
+            match inbox.try_recv() {
+                Ok(input) => self.handle_input(input),
+                Err(_) => return,
+            }
+        }
+    }
+
+    // ---- legs ---------------------------------------------------------------------------
+
+    fn install_leg(&mut self, sock: LegSocket, first: Option<Bytes>) {
+        let leg = to_proto(sock.leg);
+        self.generation += 1;
+        let generation = self.generation;
+        let (sink, stream) = sock.ws.split();
+        let (out, out_rx) = mpsc::channel(LEG_QUEUE);
+        if let Some(msg) = first {
+            // The queue is new and empty: this cannot fail.
+            let _ = out.try_send(Message::Binary(msg));
+        }
+        tokio::spawn(leg_writer(sink, out_rx));
+        let reader = tokio::spawn(leg_reader(leg, generation, stream, self.inbox.clone()));
+        tracing::info!(session = %self.conn.session_id(), leg = %leg, peer = %sock.peer, tls = sock.tls, "leg attached");
+        self.hub.metrics.legs.get_or_create(&direction(leg)).inc();
+        if let Some(old) = self.legs[leg.index()].replace(LegIo {
+            generation,
+            peer: sock.peer,
+            out,
+            reader,
+        }) {
+            self.hub.metrics.legs.get_or_create(&direction(leg)).dec();
+            tracing::info!(session = %self.conn.session_id(), leg = %leg, old_peer = %old.peer, "replaced by a new transport");
+        }
+    }
+
+    fn drop_leg(&mut self, leg: proto::Leg, why: &dyn std::fmt::Display) {
+        if let Some(io) = self.legs[leg.index()].take() {
+            self.hub.metrics.legs.get_or_create(&direction(leg)).dec();
+            tracing::info!(session = %self.conn.session_id(), leg = %leg, peer = %io.peer, reason = %why, "leg closed");
+        }
+        if self.stalled.as_ref().is_some_and(|t| t.leg == leg) {
+            self.stalled = None;
+        }
+        self.conn.leg_lost(self.now(), leg);
+    }
+
+    fn on_attach(&mut self, attach: &proto::message::Attach, mut sock: LegSocket) {
+        let leg = to_proto(sock.leg);
+        match self.conn.handle_attach(self.now(), leg, attach) {
+            Ok(ok) => {
+                // The core resumes at the attach's resume point on the new transport; a
+                // record stalled for the old one is sent again from there.
+                if self.stalled.as_ref().is_some_and(|t| t.leg == leg) {
+                    self.stalled = None;
+                }
+                self.install_leg(sock, Some(ok));
+            }
+            Err(e) => {
+                self.hub.reject(sock.peer, sock.leg, "attach", &e);
+                tokio::spawn(async move {
+                    let _ = sock.ws.close(None).await;
+                });
+            }
+        }
+    }
+
+    fn on_record(&mut self, leg: proto::Leg, generation: u64, data: Bytes) {
+        let current = self.legs[leg.index()].as_ref().map(|l| l.generation);
+        if current != Some(generation) {
+            return;
+        }
+        self.hub
+            .metrics
+            .bytes
+            .get_or_create(&DirectionLabel {
+                direction: Direction::Up,
+            })
+            .inc_by(data.len() as u64);
+        let buf = data
+            .try_into_mut()
+            .unwrap_or_else(|b| BytesMut::from(&b[..]));
+        if let Err(e) = self.conn.handle_record(self.now(), leg, buf) {
+            match e.scope() {
+                Scope::Leg | Scope::Message => self.drop_leg(leg, &e),
+                Scope::Session | Scope::Stream => {
+                    tracing::warn!(session = %self.conn.session_id(), error = %e, "session error")
+                }
+            }
+        }
+    }
+
+    fn stalled_sender(&self) -> Option<mpsc::Sender<Message>> {
+        let leg = self.stalled.as_ref()?.leg;
+        self.legs[leg.index()].as_ref().map(|l| l.out.clone())
+    }
+
+    fn drain_transmits(&mut self) {
+        if self.stalled.is_some() {
+            return;
+        }
+        while let Some(t) = self.conn.poll_transmit(self.now()) {
+            let Some(io) = &self.legs[t.leg.index()] else {
+                // The core thinks the leg is attached but its transport is gone: it will
+                // be re-sent after the next attach.
+                self.conn.leg_lost(self.now(), t.leg);
+                continue;
+            };
+            let out = io.out.clone();
+            match out.try_reserve() {
+                Ok(permit) => {
+                    self.count_tx(&t);
+                    permit.send(Message::Binary(t.payload));
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    self.stalled = Some(t);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    self.drop_leg(t.leg, &"writer ended");
+                }
+            }
+        }
+    }
+
+    fn count_tx(&self, t: &Transmit) {
+        let dir = match self.conn.role() {
+            proto::Role::Exit => Direction::Down,
+            proto::Role::Client => Direction::Up,
+        };
+        self.hub
+            .metrics
+            .bytes
+            .get_or_create(&DirectionLabel { direction: dir })
+            .inc_by(t.payload.len() as u64);
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Attach(boxed) => {
+                let (attach, sock) = *boxed;
+                self.on_attach(&attach, sock)
+            }
+            Input::Record {
+                leg,
+                generation,
+                data,
+            } => self.on_record(leg, generation, data),
+            Input::LegClosed { leg, generation } => {
+                if self.legs[leg.index()].as_ref().map(|l| l.generation) == Some(generation) {
+                    self.drop_leg(leg, &"transport closed");
+                }
+            }
+            Input::Dialed { id, result } => self.on_dialed(id, result),
+            Input::TcpData { id, data } => self.on_tcp_data(id, data),
+            Input::TcpEof { id } => self.on_tcp_eof(id),
+            Input::TcpError { id, error } => {
+                tracing::debug!(session = %self.conn.session_id(), stream = %id, %error, "destination error");
+                self.reset(id, ResetCode::PeerReset);
+            }
+            Input::Wrote { id } => {
+                if let Some(f) = self.flows.get_mut(&id) {
+                    f.outstanding = f.outstanding.saturating_sub(1);
+                }
+                self.pump_to_destination(id);
+            }
+            Input::Udp { id, data } => {
+                let now = self.now();
+                if let Some(f) = self.flows.get_mut(&id) {
+                    f.last_active = now;
+                    let _ = self.conn.send_datagram(id, data);
+                }
+            }
+            Input::DnsAnswer { id, msg } => {
+                if let Some(msg) = msg {
+                    self.hub.metrics.dns_queries.inc();
+                    let _ = self.conn.send_dns_response(id, msg.into());
+                }
+            }
+            Input::Close(code, reason) => {
+                tracing::info!(session = %self.conn.session_id(), reason, "closing session");
+                self.conn.close(code, reason);
+            }
+        }
+    }
+
+    fn on_dialed(&mut self, id: StreamId, result: Result<Dialed, DialError>) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        match result {
+            Ok(dialed) => {
+                let tcp = matches!(dialed, Dialed::Tcp(_));
+                let backlog = flow.connect(id, dialed, &self.inbox);
+                if tcp {
+                    let _ = self.conn.accept_stream(id);
+                }
+                if let super::streams::FlowIo::Udp(udp) = &flow.io {
+                    for d in backlog {
+                        let _ = udp.try_send(&d);
+                    }
+                }
+                self.pump_to_destination(id);
+            }
+            Err(e) => {
+                let code = reset_code(&e);
+                if let DialError::Refused(r) = &e {
+                    let reason = refusal_name(r);
+                    self.hub
+                        .metrics
+                        .egress_refused
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc();
+                }
+                tracing::info!(session = %self.conn.session_id(), client = %self.client.name, stream = %id, target = %flow.target, error = %e, "stream refused");
+                self.flows.remove(&id);
+                let _ = self.conn.reset_stream(id, code);
+            }
+        }
+    }
+
+    fn on_tcp_data(&mut self, id: StreamId, data: Bytes) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        flow.pending = Some(data);
+        self.push_pending(id);
+    }
+
+    /// Move a flow's pending destination bytes into the core; resume its reader when all
+    /// went in, and send the deferred `Fin` if the destination is done.
+    fn push_pending(&mut self, id: StreamId) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        if let Some(mut data) = flow.pending.take() {
+            match self.conn.stream_write(id, &data) {
+                Ok(n) if n < data.len() => {
+                    flow.pending = Some(data.split_off(n));
+                    return;
+                }
+                Ok(_) => flow.resume_reader(),
+                Err(_) => return,
+            }
+        }
+        if flow.eof_pending {
+            flow.eof_pending = false;
+            let _ = self.conn.stream_finish(id);
+            self.reap(id);
+        }
+    }
+
+    fn on_tcp_eof(&mut self, id: StreamId) {
+        if let Some(flow) = self.flows.get_mut(&id) {
+            flow.eof_pending = true;
+            self.push_pending(id);
+        }
+    }
+
+    /// Move stream bytes from the core to the destination writer, bounded.
+    fn pump_to_destination(&mut self, id: StreamId) {
+        let now = self.now();
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        if !flow.is_tcp_open() {
+            return;
+        }
+        while flow.outstanding < MAX_OUTSTANDING && !flow.fin_forwarded {
+            match self.conn.stream_read(now, id, STREAM_READ) {
+                Ok(Read::Data(b)) => {
+                    flow.last_active = now;
+                    flow.send_to_writer(WriterCmd::Chunk(b));
+                }
+                Ok(Read::Fin) => {
+                    flow.fin_forwarded = true;
+                    flow.send_to_writer(WriterCmd::Shutdown);
+                }
+                Ok(Read::WouldBlock) | Err(_) => break,
+            }
+        }
+        self.reap(id);
+    }
+
+    /// Forget a flow whose stream the core has reclaimed (both halves done).
+    fn reap(&mut self, id: StreamId) {
+        if !self.conn.has_stream(id) {
+            if let Some(flow) = self.flows.get(&id) {
+                // Let the writer finish what it has: keep the tasks running until written.
+                if flow.outstanding > 0 || flow.pending.is_some() {
+                    return;
+                }
+            }
+            self.flows.remove(&id);
+        }
+    }
+
+    fn reset(&mut self, id: StreamId, code: ResetCode) {
+        self.flows.remove(&id);
+        let _ = self.conn.reset_stream(id, code);
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    /// Act on the core's events; false when the session is over.
+    fn handle_events(&mut self) -> bool {
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::StreamOpened { id, kind, dest } => self.on_open(id, kind, dest),
+                Event::StreamReadable { id } => self.pump_to_destination(id),
+                Event::StreamWritable { id } => self.push_pending(id),
+                Event::StreamReset { id, .. } => {
+                    self.flows.remove(&id);
+                }
+                Event::Datagram { id, data } => self.on_datagram(id, data),
+                Event::DnsQuery { id, msg } => self.on_dns(id, msg),
+                Event::EchoRequest { dest, .. } => {
+                    tracing::debug!(session = %self.conn.session_id(), %dest, "echo forwarding is not available on this exit; dropped");
+                }
+                Event::LegDead { leg, reason } => self.drop_leg(leg, &format!("{reason:?}")),
+                Event::Closed {
+                    code,
+                    reason,
+                    remote,
+                } => {
+                    tracing::info!(session = %self.conn.session_id(), ?code, reason, remote, "session closed");
+                    return false;
+                }
+                Event::StreamAccepted { .. }
+                | Event::DnsResponse { .. }
+                | Event::EchoReply { .. } => {}
+            }
+        }
+        true
+    }
+
+    fn on_open(&mut self, id: StreamId, kind: StreamKind, dest: proto::Destination) {
+        let (target, text) = describe(&dest);
+        tracing::debug!(session = %self.conn.session_id(), stream = %id, ?kind, target = %text, "stream opened");
+        self.flows.insert(id, Flow::dialing(text, self.now()));
+        let dialer = self.hub.dialer();
+        let key = self.client.key;
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let result = match kind {
+                StreamKind::Tcp => dialer.connect_tcp(&key, &target).await.map(Dialed::Tcp),
+                StreamKind::Udp => dialer.connect_udp(&key, &target).await.map(Dialed::Udp),
+            };
+            let _ = inbox.send(Input::Dialed { id, result }).await;
+        });
+    }
+
+    fn on_datagram(&mut self, id: StreamId, data: Bytes) {
+        let now = self.now();
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        flow.last_active = now;
+        match &flow.io {
+            super::streams::FlowIo::Udp(udp) => {
+                let _ = udp.try_send(&data);
+            }
+            _ => {
+                flow.backlog(data);
+            }
+        }
+    }
+
+    fn on_dns(&mut self, id: u32, msg: Bytes) {
+        let dns = self.hub.dialer().dns.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            let msg = dns.answer(&msg).await;
+            let _ = inbox.send(Input::DnsAnswer { id, msg }).await;
+        });
+    }
+
+    // ---- upkeep -------------------------------------------------------------------------
+
+    fn housekeeping(&mut self) {
+        let now = self.now();
+        let idle = self.hub.limits().udp_idle_timeout;
+        let expired: Vec<StreamId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| matches!(f.io, super::streams::FlowIo::Udp(_)))
+            .filter(|(_, f)| now.saturating_duration_since(f.last_active) >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.reset(id, ResetCode::IdleTimeout);
+        }
+        lock(&self.status).stats = self.conn.stats();
+    }
+
+    fn finish(mut self) {
+        self.drain_transmits();
+        if let Some(t) = self.stalled.take()
+            && let Some(io) = &self.legs[t.leg.index()]
+        {
+            let _ = io.out.try_send(Message::Binary(t.payload));
+        }
+        self.flows.clear();
+        for leg in proto::Leg::BOTH {
+            if self.legs[leg.index()].take().is_some() {
+                self.hub.metrics.legs.get_or_create(&direction(leg)).dec();
+            }
+        }
+    }
+}
+
+fn direction(leg: proto::Leg) -> DirectionLabel {
+    DirectionLabel {
+        direction: match leg {
+            proto::Leg::Up => Direction::Up,
+            proto::Leg::Down => Direction::Down,
+        },
+    }
+}
+
+fn reset_code(e: &DialError) -> ResetCode {
+    match e {
+        DialError::Refused(_) => ResetCode::PolicyRefused,
+        DialError::Resolve(_) | DialError::NoAddresses(_) => ResetCode::DnsFailure,
+        DialError::Timeout(_) => ResetCode::ConnectTimeout,
+        DialError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            ResetCode::ConnectionRefused
+        }
+        _ => ResetCode::Unreachable,
+    }
+}
+
+fn refusal_name(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::SpecialRange(_) => "special_range",
+        Refusal::OwnAddress => "own_address",
+        Refusal::DeniedNetwork(_) => "denied_network",
+        Refusal::BlockedPort(_) => "blocked_port",
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn reserve(tx: Option<mpsc::Sender<Message>>) -> Result<mpsc::OwnedPermit<Message>, ()> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn leg_writer(
+    mut sink: futures_util::stream::SplitSink<listener::LegStream, Message>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    while let Some(msg) = rx.recv().await {
+        if sink.feed(msg).await.is_err() {
+            return;
+        }
+        while let Ok(msg) = rx.try_recv() {
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+async fn leg_reader(
+    leg: proto::Leg,
+    generation: u64,
+    mut stream: futures_util::stream::SplitStream<listener::LegStream>,
+    inbox: mpsc::Sender<Input>,
+) {
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Binary(data)) => {
+                if inbox
+                    .send(Input::Record {
+                        leg,
+                        generation,
+                        data,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break,
+        }
+    }
+    let _ = inbox.send(Input::LegClosed { leg, generation }).await;
+}

@@ -1,0 +1,467 @@
+//! The session layer: admits upgraded legs (handshake or attach), keeps the session store,
+//! and runs one driver task per session around `proto::Connection`.
+//!
+//! ```text
+//! listener ─LegSocket─► admit ─ HandshakeInit (up leg) ─► Acceptor ─► spawn driver
+//!                             └ Attach ─► store lookup ─► driver (verifies the proof)
+//! ```
+//!
+//! Nothing is answered to a first message that fails the cheap checks: the connection is
+//! dropped and the reason logged and counted. An attach for an unknown session is closed
+//! with WebSocket close code 4404, so a client knows to start a new session.
+
+mod driver;
+mod streams;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use uuid::Uuid;
+
+use crate::admin::{Metrics, ReasonLabel, SessionAdmin};
+use crate::dial::Dialer;
+use crate::listener::{Leg, LegSocket, LegStream};
+
+pub(crate) use driver::Input;
+
+/// WebSocket close code for "this session does not exist (any more)".
+pub const CLOSE_UNKNOWN_SESSION: u16 = 4404;
+
+/// Settings of the session layer (from the config's `[session]` and `[limits]`).
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Protocol settings for every session.
+    pub proto: proto::Settings,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+    /// Deadline for the first message of a leg.
+    pub handshake_timeout: Duration,
+    /// Handshakes per second per source address.
+    pub handshakes_per_second: u32,
+    /// UDP flows idle this long are closed.
+    pub udp_idle_timeout: Duration,
+}
+
+/// A client's identity for logs and policy.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientInfo {
+    pub name: String,
+    pub key: [u8; 32],
+}
+
+/// What the store keeps of a running session.
+#[derive(Debug)]
+struct Entry {
+    client: ClientInfo,
+    inbox: mpsc::Sender<Input>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// A session's latest counters, published by its driver.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Status {
+    pub stats: proto::Stats,
+}
+
+/// The session store and everything a driver needs that is shared.
+pub struct Hub {
+    acceptor: Mutex<proto::Acceptor>,
+    clients: RwLock<HashMap<[u8; 32], String>>,
+    sessions: Mutex<HashMap<Uuid, Entry>>,
+    dialer: RwLock<Arc<Dialer>>,
+    limits: SessionLimits,
+    rate: Mutex<RateLimiter>,
+    /// Metrics shared with the admin listener.
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+fn allowed(clients: &[crate::config::Client]) -> Vec<proto::AllowedClient> {
+    clients
+        .iter()
+        .map(|c| proto::AllowedClient {
+            public_key: c.public_key,
+            psk: c.psk,
+        })
+        .collect()
+}
+
+fn names(clients: &[crate::config::Client]) -> HashMap<[u8; 32], String> {
+    clients
+        .iter()
+        .map(|c| (c.public_key, c.name.clone()))
+        .collect()
+}
+
+impl Hub {
+    /// A store for the exit key, clients and dialer given.
+    pub fn new(
+        private_key: [u8; 32],
+        clients: &[crate::config::Client],
+        dialer: Dialer,
+        limits: SessionLimits,
+        metrics: Metrics,
+    ) -> Arc<Hub> {
+        let acceptor = proto::Acceptor::new(private_key, &allowed(clients), limits.proto.clone());
+        Arc::new(Hub {
+            acceptor: Mutex::new(acceptor),
+            clients: RwLock::new(names(clients)),
+            sessions: Mutex::new(HashMap::new()),
+            dialer: RwLock::new(Arc::new(dialer)),
+            rate: Mutex::new(RateLimiter::new(limits.handshakes_per_second)),
+            limits,
+            metrics,
+        })
+    }
+
+    /// Apply a reloaded client list and dialer (SIGHUP): sessions of removed keys end with
+    /// `Revoked`. Returns how many sessions were ended.
+    pub fn reload(&self, clients: &[crate::config::Client], dialer: Dialer) -> usize {
+        let removed = lock(&self.acceptor).set_clients(&allowed(clients));
+        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = names(clients);
+        *self.dialer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dialer);
+        let sessions = lock(&self.sessions);
+        let mut ended = 0;
+        for entry in sessions.values() {
+            if removed.contains(&entry.client.key) {
+                let _ = entry.inbox.try_send(Input::Close(
+                    proto::CloseCode::Revoked,
+                    "client key revoked",
+                ));
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// End every session (graceful shutdown).
+    pub fn close_all(&self, code: proto::CloseCode, reason: &'static str) {
+        for entry in lock(&self.sessions).values() {
+            let _ = entry.inbox.try_send(Input::Close(code, reason));
+        }
+    }
+
+    /// Sessions in the store.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Open streams and record bytes (received up, sent down) over all sessions.
+    pub fn totals(&self) -> (usize, u64, u64) {
+        let sessions = lock(&self.sessions);
+        sessions.values().fold((0, 0, 0), |(s, up, down), e| {
+            let st = &lock(&e.status).stats;
+            (
+                s + st.streams,
+                up + st.legs[0].bytes_rx,
+                down + st.legs[1].bytes_tx + st.legs[0].bytes_tx,
+            )
+        })
+    }
+
+    pub(crate) fn dialer(&self) -> Arc<Dialer> {
+        self.dialer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    fn reject(
+        &self,
+        peer: SocketAddr,
+        leg: Leg,
+        reason: &'static str,
+        detail: &dyn std::fmt::Display,
+    ) {
+        tracing::info!(%peer, leg = leg.as_str(), reason, %detail, "leg refused");
+        self.metrics
+            .handshakes_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    fn remove(&self, id: Uuid) {
+        lock(&self.sessions).remove(&id);
+        self.metrics.sessions.set(self.session_count() as i64);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking holder cannot leave these maps inconsistent: every update is one call.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serve legs from the listeners until the channel closes.
+pub async fn serve(hub: Arc<Hub>, mut legs: mpsc::Receiver<LegSocket>) {
+    while let Some(sock) = legs.recv().await {
+        tokio::spawn(admit(hub.clone(), sock));
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Read a leg's first message and route it.
+async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
+    let deadline = hub.limits.handshake_timeout;
+    let first = match tokio::time::timeout(deadline, first_binary(&mut sock.ws)).await {
+        Ok(Some(msg)) => msg,
+        Ok(None) => {
+            return hub.reject(
+                sock.peer,
+                sock.leg,
+                "no_message",
+                &"closed before a message",
+            );
+        }
+        Err(_) => return hub.reject(sock.peer, sock.leg, "timeout", &"no first message in time"),
+    };
+    match proto::message::message_type(&first) {
+        Ok(proto::message::ty::HANDSHAKE_INIT) if sock.leg == Leg::Up => {
+            handshake(hub, sock, first).await
+        }
+        Ok(proto::message::ty::ATTACH) => attach(hub, sock, first).await,
+        _ => hub.reject(
+            sock.peer,
+            sock.leg,
+            "bad_first_message",
+            &"not a handshake or attach",
+        ),
+    }
+}
+
+async fn first_binary(ws: &mut LegStream) -> Option<Bytes> {
+    while let Some(msg) = ws.next().await {
+        match msg.ok()? {
+            Message::Binary(b) => return Some(b),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            _ => return None,
+        }
+    }
+    None
+}
+
+async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
+    if !lock(&hub.rate).allow(sock.peer.ip(), Instant::now()) {
+        hub.metrics
+            .limits_hit
+            .get_or_create(&ReasonLabel {
+                reason: "handshake_rate",
+            })
+            .inc();
+        return hub.reject(
+            sock.peer,
+            sock.leg,
+            "rate_limited",
+            &"too many handshakes from this address",
+        );
+    }
+    if hub.session_count() >= hub.limits.max_sessions {
+        hub.metrics
+            .limits_hit
+            .get_or_create(&ReasonLabel { reason: "sessions" })
+            .inc();
+        return hub.reject(
+            sock.peer,
+            sock.leg,
+            "session_limit",
+            &"max_sessions reached",
+        );
+    }
+    let outcome = lock(&hub.acceptor).accept(Instant::now(), unix_now(), &msg);
+    let accepted = match outcome {
+        Ok(proto::Accept::Session(a)) => a,
+        Ok(proto::Accept::Refuse(reply)) => {
+            let _ = sock.ws.send(Message::Binary(reply)).await;
+            let _ = sock.ws.close(None).await;
+            return hub.reject(
+                sock.peer,
+                sock.leg,
+                "version",
+                &"unsupported protocol version",
+            );
+        }
+        Err(e) => return hub.reject(sock.peer, sock.leg, handshake_reason(&e), &e),
+    };
+    if sock
+        .ws
+        .send(Message::Binary(accepted.response.clone()))
+        .await
+        .is_err()
+    {
+        return hub.reject(
+            sock.peer,
+            sock.leg,
+            "send_failed",
+            &"leg closed during the handshake",
+        );
+    }
+    hub.metrics.handshakes_accepted.inc();
+    let accepted = *accepted;
+    let name = hub
+        .clients
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&accepted.client_key)
+        .cloned()
+        .unwrap_or_default();
+    let client = ClientInfo {
+        name,
+        key: accepted.client_key,
+    };
+    start_session(hub, client, accepted.connection, sock);
+}
+
+fn handshake_reason(e: &proto::Error) -> &'static str {
+    match e {
+        proto::Error::BadMac => "bad_mac",
+        proto::Error::ReplayedHandshake => "replay",
+        proto::Error::UnknownClient => "unknown_client",
+        proto::Error::StaleTimestamp => "stale_timestamp",
+        proto::Error::FutureTimestamp { .. } => "future_timestamp",
+        proto::Error::HandshakeCrypto => "crypto",
+        _ => "malformed",
+    }
+}
+
+fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up: LegSocket) {
+    let id = conn.session_id();
+    let (tx, rx) = mpsc::channel(1024);
+    let status = Arc::new(Mutex::new(Status::default()));
+    let entry = Entry {
+        client: client.clone(),
+        inbox: tx.clone(),
+        status: status.clone(),
+    };
+    lock(&hub.sessions).insert(id, entry);
+    hub.metrics.sessions.set(hub.session_count() as i64);
+    tracing::info!(session = %id, client = %client.name, peer = %up.peer, tls = up.tls, "session started");
+    tokio::spawn(async move {
+        let driver = driver::Driver::new(hub.clone(), client, conn, tx, status);
+        driver.run(rx, up).await;
+        hub.remove(id);
+        tracing::info!(session = %id, "session ended");
+    });
+}
+
+async fn attach(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
+    let attach = match proto::message::Attach::decode(&msg) {
+        Ok(a) => a,
+        Err(e) => return hub.reject(sock.peer, sock.leg, "malformed", &e),
+    };
+    let inbox = lock(&hub.sessions)
+        .get(&attach.session)
+        .map(|e| e.inbox.clone());
+    let Some(inbox) = inbox else {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(CLOSE_UNKNOWN_SESSION),
+            reason: "unknown session".into(),
+        };
+        let _ = sock.ws.close(Some(frame)).await;
+        return hub.reject(sock.peer, sock.leg, "unknown_session", &attach.session);
+    };
+    let peer = sock.peer;
+    let leg = sock.leg;
+    if inbox
+        .send(Input::Attach(Box::new((attach, sock))))
+        .await
+        .is_err()
+    {
+        hub.reject(peer, leg, "session_ending", &"session is shutting down");
+    }
+}
+
+/// A token bucket per source address: `rate` per second, bursts of `rate`.
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate.max(1)),
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() > 65_536 {
+            let rate = self.rate;
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < rate
+            });
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((self.rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl SessionAdmin for Hub {
+    fn list_json(&self) -> String {
+        let sessions = lock(&self.sessions);
+        let items: Vec<String> = sessions
+            .iter()
+            .map(|(id, e)| {
+                let st = &lock(&e.status).stats;
+                format!(
+                    "{{\"id\":\"{id}\",\"client\":{:?},\"up_attached\":{},\"down_attached\":{},\"streams\":{},\"bytes_up\":{},\"bytes_down\":{}}}",
+                    e.client.name,
+                    st.legs[0].attached,
+                    st.legs[1].attached,
+                    st.streams,
+                    st.legs[0].bytes_rx,
+                    st.legs[1].bytes_tx + st.legs[0].bytes_tx,
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(","))
+    }
+
+    fn kick(&self, id: &str) -> bool {
+        let Ok(id) = Uuid::parse_str(id) else {
+            return false;
+        };
+        match lock(&self.sessions).get(&id) {
+            Some(e) => e
+                .inbox
+                .try_send(Input::Close(
+                    proto::CloseCode::Normal,
+                    "closed by the operator",
+                ))
+                .is_ok(),
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,3 +5,5 @@
 //! internet.
 
 pub mod netns;
+pub mod payload;
+pub mod topology;

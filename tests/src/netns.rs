@@ -102,6 +102,63 @@ impl Netns {
         pid
     }
 
+    /// Like [`Netns::spawn`], with stdout and stderr appended to `log`.
+    pub fn spawn_logged(&self, program: &str, args: &[&str], log: &std::path::Path) -> u32 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+        let child = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program} in {}: {e}", self.name));
+        let pid = child.id();
+        self.children.lock().expect("children lock").push(child);
+        pid
+    }
+
+    /// Send `signal` (e.g. "TERM") to a process this namespace spawned and wait up to
+    /// `timeout` for it to exit; its exit status, or `None` if it is still running.
+    pub fn stop(
+        &self,
+        pid: u32,
+        signal: &str,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut children = self.children.lock().expect("children lock");
+            let at = children.iter().position(|c| c.id() == pid)?;
+            if let Ok(Some(status)) = children[at].try_wait() {
+                // Already reaped by try_wait; wait() just returns the same status.
+                let _ = children.remove(at).wait();
+                return Some(status);
+            }
+            drop(children);
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a process this namespace spawned is still running.
+    pub fn running(&self, pid: u32) -> bool {
+        let mut children = self.children.lock().expect("children lock");
+        children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Enable IPv4 and IPv6 forwarding (a router namespace).
     pub fn forward(&self) {
         self.exec(

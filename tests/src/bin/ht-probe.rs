@@ -3,12 +3,24 @@
 //! * `ht-probe udp-echo ADDR` — echo every datagram back (runs until killed);
 //! * `ht-probe tcp-echo ADDR` — echo every connection's bytes back (runs until killed);
 //! * `ht-probe udp ADDR TEXT` — send TEXT, print the reply; exit 1 without one in 2 s;
-//! * `ht-probe tcp ADDR TEXT` — connect, send TEXT, half-close, print the reply.
+//! * `ht-probe tcp ADDR TEXT` — connect, send TEXT, half-close, print the reply;
+//! * `ht-probe get HOST:PORT PATH` — HTTP GET (the host is resolved by the system
+//!   resolver), stream the body into SHA-256 and print
+//!   `status=S bytes=N sha256=H secs=T max_gap_ms=G` (G: the longest wait for body bytes);
+//! * `ht-probe put HOST:PORT LEN` — POST LEN payload bytes to `/upload`, print
+//!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
+//! * `ht-probe dns SERVER NAME [udp|tcp]` — ask SERVER for NAME's A records, print
+//!   `rcode=R` and one address per line;
+//! * `ht-probe wait ADDR SECS` — retry a TCP connect until it succeeds (exit 1 after SECS).
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use e2e::payload::{Payload, SEED, Sha256};
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,7 +29,17 @@ fn main() -> ExitCode {
         ["tcp-echo", addr] => tcp_echo(addr),
         ["udp", addr, text] => udp_once(addr, text),
         ["tcp", addr, text] => tcp_once(addr, text),
-        _ => Err("usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT".into()),
+        ["get", addr, path] => http_get(addr, path),
+        ["put", addr, len] => http_put(addr, len),
+        ["dns", server, name] => dns(server, name, "udp"),
+        ["dns", server, name, transport] => dns(server, name, transport),
+        ["wait", addr, secs] => wait(addr, secs),
+        _ => Err(
+            "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
+                  get HOST:PORT PATH | put HOST:PORT LEN | dns SERVER NAME [udp|tcp] | \
+                  wait ADDR SECS"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,4 +100,156 @@ fn tcp_once(addr: &str, text: &str) -> Result {
     conn.read_to_string(&mut reply)?;
     println!("{reply}");
     Ok(())
+}
+
+fn connect(addr: &str) -> std::result::Result<TcpStream, Box<dyn std::error::Error>> {
+    let target = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let conn = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(conn)
+}
+
+/// Read the status line and headers; the status code.
+fn read_head(reader: &mut impl BufRead) -> std::result::Result<u16, Box<dyn std::error::Error>> {
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line {status:?}"))?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(code);
+        }
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Result {
+    let start = Instant::now();
+    let mut conn = connect(addr)?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reader = BufReader::with_capacity(256 * 1024, conn);
+    let status = read_head(&mut reader)?;
+    let mut hasher = Sha256::new();
+    let mut max_gap = Duration::ZERO;
+    let mut last = Instant::now();
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        max_gap = max_gap.max(last.elapsed());
+        last = Instant::now();
+        hasher.update(buf);
+        let n = buf.len();
+        reader.consume(n);
+    }
+    let bytes = hasher.len();
+    println!(
+        "status={status} bytes={bytes} sha256={} secs={:.3} max_gap_ms={}",
+        hasher.finish(),
+        start.elapsed().as_secs_f64(),
+        max_gap.as_millis()
+    );
+    Ok(())
+}
+
+fn http_put(addr: &str, len: &str) -> Result {
+    let len: u64 = len.parse()?;
+    let start = Instant::now();
+    let mut conn = connect(addr)?;
+    write!(
+        conn,
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut payload = Payload::new(SEED, len);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = payload.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        conn.write_all(&buf[..n])?;
+    }
+    let mut reader = BufReader::new(conn);
+    let status = read_head(&mut reader)?;
+    let mut reply = String::new();
+    reader.read_to_string(&mut reply)?;
+    println!(
+        "status={status} sent={} sha256={} secs={:.3} reply={}",
+        hasher.len(),
+        hasher.finish(),
+        start.elapsed().as_secs_f64(),
+        reply.trim()
+    );
+    Ok(())
+}
+
+fn dns(server: &str, name: &str, transport: &str) -> Result {
+    let server: SocketAddr = server.parse()?;
+    let mut msg = Message::new();
+    msg.set_id(0x4854).set_recursion_desired(true);
+    msg.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let query = msg.to_vec()?;
+    let reply = match transport {
+        "udp" => {
+            let sock = UdpSocket::bind(if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })?;
+            sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+            sock.send_to(&query, server)?;
+            let mut buf = vec![0u8; 4096];
+            let n = sock.recv(&mut buf)?;
+            buf.truncate(n);
+            buf
+        }
+        "tcp" => {
+            let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+            conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&query);
+            conn.write_all(&framed)?;
+            let mut len = [0u8; 2];
+            conn.read_exact(&mut len)?;
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            conn.read_exact(&mut buf)?;
+            buf
+        }
+        other => return Err(format!("unknown transport {other}").into()),
+    };
+    let reply = Message::from_vec(&reply)?;
+    if reply.id() != 0x4854 {
+        return Err(format!("reply id {} does not match", reply.id()).into());
+    }
+    println!("rcode={}", reply.response_code());
+    for answer in reply.answers() {
+        if let RData::A(a) = answer.data() {
+            println!("{}", a.0);
+        }
+    }
+    Ok(())
+}
+
+fn wait(addr: &str, secs: &str) -> Result {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs.parse()?);
+    let addr: SocketAddr = addr.parse()?;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(format!("{addr}: {e}").into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }

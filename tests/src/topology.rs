@@ -1,0 +1,665 @@
+//! The end-to-end topology: six namespaces, every server the tests need, the exit node and
+//! the client, wired as in TESTPLAN.md.
+//!
+//! ```text
+//!                      ┌ relay-a (10.20.1.2:443, TLS "a.test") ─ exit 10.30.1.2:8080 /u ┐
+//! client ─ lan router ─┤                                                                 ├─ exit ─ inet
+//! 10.10.0.2  10.10.0.1 └ relay-b (10.20.2.2:443, TLS "b.test") ─ exit 10.30.2.2:8081 /d ┘ 10.40.0.1  10.40.0.2
+//! ```
+//!
+//! * `client` has one outer interface, `eth0`, whose default route is the `lan` router.
+//!   The router knows only the relays' networks, so without the tunnel the client reaches
+//!   nothing but the relays: anything that gets further went through the tunnel.
+//! * `relay-a`/`relay-b` run `ht-relay` with certificates of a CA the topology makes (rcgen);
+//!   each forwards to one of the exit's plain (TLS-less) leg listeners.
+//! * `exit` runs `exit-node` (allowed egress: only [`addr::INET_NET`]; its resolver is the
+//!   inet DNS server) and a TCP/UDP echo on port 7 of all its own addresses.
+//! * `inet` runs `ht-inet`: HTTP on 80, DNS on 53 (zone `inet.test`), echo on 7, on
+//!   [`addr::INET`] (allowed), on [`addr::PRIVATE`] and on [`addr::METADATA`] (both
+//!   reachable from the exit but denied by its default policy).
+//!
+//! Nothing leaves these namespaces; dropping the [`Topology`] stops every process and
+//! deletes every namespace, its temporary directory and the client's per-namespace
+//! resolver file, also when the test panics (then the processes' logs are printed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::netns::{Netns, link};
+
+/// Addresses of the topology.
+pub mod addr {
+    /// The client's outer address.
+    pub const CLIENT: &str = "10.10.0.2";
+    /// The LAN router, the client's default gateway.
+    pub const LAN_GW: &str = "10.10.0.1";
+    /// Relay A (Domain A, the up leg), as the client sees it.
+    pub const RELAY_A: &str = "10.20.1.2";
+    /// Relay B (Domain B, the down leg), as the client sees it.
+    pub const RELAY_B: &str = "10.20.2.2";
+    /// The exit's up-leg listener address (behind relay A).
+    pub const EXIT_UP: &str = "10.30.1.2";
+    /// The exit's down-leg listener address (behind relay B).
+    pub const EXIT_DOWN: &str = "10.30.2.2";
+    /// The exit's address towards the internet.
+    pub const EXIT_INET: &str = "10.40.0.1";
+    /// The internet host (HTTP, DNS, echo): the one network the exit may dial.
+    pub const INET: &str = "10.40.0.2";
+    /// The network the exit's egress policy explicitly allows.
+    pub const INET_NET: &str = "10.40.0.0/24";
+    /// A private service the exit can route to but must refuse (not allowed).
+    pub const PRIVATE: &str = "10.41.0.2";
+    /// A fake cloud metadata service, also on the inet host.
+    pub const METADATA: &str = "169.254.169.254";
+    /// The client's virtual resolver (the client config default).
+    pub const VIRTUAL_RESOLVER: &str = "172.19.0.2";
+}
+
+/// Names in the inet DNS zone, and what they resolve to.
+pub const ZONE_NAMES: &[(&str, &str)] = &[
+    ("www", addr::INET),
+    ("private", addr::PRIVATE),
+    ("meta", addr::METADATA),
+    ("own", addr::EXIT_UP),
+];
+
+/// Ports used inside the namespaces (every namespace has its own port space).
+pub mod port {
+    /// Relays' TLS listener.
+    pub const RELAY: u16 = 443;
+    /// Relays' control port (on their loopback).
+    pub const CONTROL: u16 = 9000;
+    /// The exit's up-leg listener.
+    pub const EXIT_UP: u16 = 8080;
+    /// The exit's down-leg listener.
+    pub const EXIT_DOWN: u16 = 8081;
+    /// The exit's admin listener (on its loopback).
+    pub const ADMIN: u16 = 9090;
+    /// HTTP on inet.
+    pub const HTTP: u16 = 80;
+    /// TCP and UDP echo on inet and on the exit.
+    pub const ECHO: u16 = 7;
+}
+
+/// One of the two legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    /// Client → exit, through relay A.
+    Up,
+    /// Exit → client, through relay B.
+    Down,
+}
+
+/// What a relay counted (its `stats` control command).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// WebSocket connections relayed so far.
+    pub connections: u64,
+    /// Binary message bytes client → exit.
+    pub c2s_bytes: u64,
+    /// Binary message bytes exit → client.
+    pub s2c_bytes: u64,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ht-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where the workspace's binaries are: `HT_BIN_DIR`, else the directory of the running
+/// executable (`target/<profile>/` for binaries, its parent for test executables).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HT_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe has a directory");
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_owned()
+    } else {
+        dir.to_owned()
+    }
+}
+
+/// The path of workspace binary `name`; panics with the command that builds it.
+pub fn bin(name: &str) -> String {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p exit-node -p vpn-client -p e2e --bins`)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+/// The running topology. Fields drop in order: the client first, the inet host last.
+#[derive(Debug)]
+pub struct Topology {
+    /// Where vpn-client runs and creates its TUN; the apps run here.
+    pub client: Netns,
+    /// The client's LAN router (the neighbour, also an attacker).
+    pub lan: Netns,
+    /// Relay for the up leg (Domain A).
+    pub relay_a: Netns,
+    /// Relay for the down leg (Domain B).
+    pub relay_b: Netns,
+    /// The exit node.
+    pub exit: Netns,
+    /// The internet.
+    pub inet: Netns,
+    /// Configs, keys, certificates and logs.
+    pub dir: TempDir,
+    client_pid: Option<u32>,
+    exit_pid: Option<u32>,
+    /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
+    netns_etc: PathBuf,
+}
+
+impl Topology {
+    /// Create the namespaces, links and routes; start the inet servers, the exit's echo and
+    /// both relays, and wait until each listens.
+    pub fn new() -> Topology {
+        let client = Netns::new("client");
+        let t = Topology {
+            netns_etc: Path::new("/etc/netns").join(client.name()),
+            client,
+            lan: Netns::new("lan"),
+            relay_a: Netns::new("relay-a"),
+            relay_b: Netns::new("relay-b"),
+            exit: Netns::new("exit"),
+            inet: Netns::new("inet"),
+            dir: TempDir::new("e2e"),
+            client_pid: None,
+            exit_pid: None,
+        };
+        t.wire();
+        t.write_certificates();
+        t.start_inet();
+        t.start_exit_echo();
+        t.start_relays();
+        t
+    }
+
+    fn wire(&self) {
+        let (c, lan, a, b, x, i) = (
+            &self.client,
+            &self.lan,
+            &self.relay_a,
+            &self.relay_b,
+            &self.exit,
+            &self.inet,
+        );
+        link(
+            c,
+            "eth0",
+            &["10.10.0.2/24"],
+            lan,
+            "eth-c",
+            &["10.10.0.1/24"],
+        );
+        link(
+            lan,
+            "eth-a",
+            &["10.20.1.1/24"],
+            a,
+            "eth0",
+            &["10.20.1.2/24"],
+        );
+        link(
+            lan,
+            "eth-b",
+            &["10.20.2.1/24"],
+            b,
+            "eth0",
+            &["10.20.2.2/24"],
+        );
+        link(a, "eth1", &["10.30.1.1/24"], x, "eth-a", &["10.30.1.2/24"]);
+        link(b, "eth1", &["10.30.2.1/24"], x, "eth-b", &["10.30.2.2/24"]);
+        link(x, "eth-i", &["10.40.0.1/24"], i, "eth0", &["10.40.0.2/24"]);
+        lan.forward();
+        c.ip(&["route", "add", "default", "via", addr::LAN_GW]);
+        a.ip(&["route", "add", "default", "via", "10.20.1.1"]);
+        b.ip(&["route", "add", "default", "via", "10.20.2.1"]);
+        x.ip(&["route", "add", "default", "via", addr::INET]);
+        i.ip(&["route", "add", "default", "via", addr::EXIT_INET]);
+        for extra in [addr::PRIVATE, addr::METADATA] {
+            i.ip(&["addr", "add", &format!("{extra}/32"), "dev", "lo"]);
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The path of a file in the topology's directory, as a string.
+    pub fn file(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+
+    fn write_certificates(&self) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Half-Tunnel e2e test CA");
+        let ca = params.self_signed(&ca_key).expect("self-sign CA");
+        std::fs::write(self.path("ca.pem"), ca.pem()).expect("write CA");
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        for host in ["a.test", "b.test"] {
+            let key = rcgen::KeyPair::generate().expect("leaf key");
+            let leaf = rcgen::CertificateParams::new(vec![host.into()])
+                .expect("leaf params")
+                .signed_by(&key, &issuer)
+                .expect("sign leaf");
+            std::fs::write(self.path(&format!("{host}.crt")), leaf.pem()).expect("write cert");
+            std::fs::write(self.path(&format!("{host}.key")), key.serialize_pem())
+                .expect("write key");
+        }
+    }
+
+    fn start_inet(&self) {
+        let mut args = vec![
+            "--http".to_owned(),
+            format!("0.0.0.0:{}", port::HTTP),
+            "--dns".into(),
+            "0.0.0.0:53".into(),
+        ];
+        for ip in [addr::INET, addr::PRIVATE, addr::METADATA] {
+            args.extend(["--echo".into(), format!("{ip}:{}", port::ECHO)]);
+        }
+        for (label, ip) in ZONE_NAMES {
+            args.extend(["--name".into(), format!("{label}={ip}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.inet
+            .spawn_logged(&bin("ht-inet"), &args, &self.path("inet.log"));
+        wait_listening(&self.inet, &format!("{}:{}", addr::INET, port::HTTP));
+    }
+
+    fn start_exit_echo(&self) {
+        let echo = format!("0.0.0.0:{}", port::ECHO);
+        let probe = bin("ht-probe");
+        let log = self.path("exit-echo.log");
+        self.exit.spawn_logged(&probe, &["tcp-echo", &echo], &log);
+        self.exit.spawn_logged(&probe, &["udp-echo", &echo], &log);
+        wait_listening(&self.exit, &format!("{}:{}", addr::EXIT_UP, port::ECHO));
+    }
+
+    fn start_relays(&self) {
+        for (ns, host, upstream) in [
+            (
+                &self.relay_a,
+                "a.test",
+                format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
+            ),
+            (
+                &self.relay_b,
+                "b.test",
+                format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
+            ),
+        ] {
+            ns.spawn_logged(
+                &bin("ht-relay"),
+                &[
+                    "--listen",
+                    &format!("0.0.0.0:{}", port::RELAY),
+                    "--cert",
+                    &self.file(&format!("{host}.crt")),
+                    "--key",
+                    &self.file(&format!("{host}.key")),
+                    "--upstream",
+                    &upstream,
+                    "--control",
+                    &format!("127.0.0.1:{}", port::CONTROL),
+                ],
+                &self.path(&format!("relay-{host}.log")),
+            );
+        }
+        for ns in [&self.relay_a, &self.relay_b] {
+            wait_listening(ns, &format!("127.0.0.1:{}", port::CONTROL));
+            wait_listening(ns, &format!("127.0.0.1:{}", port::RELAY));
+        }
+    }
+
+    /// The relay namespace of a leg.
+    pub fn relay_ns(&self, leg: Leg) -> &Netns {
+        match leg {
+            Leg::Up => &self.relay_a,
+            Leg::Down => &self.relay_b,
+        }
+    }
+
+    /// Send a control command (`kill`, `close`, `stall on`, …) to a leg's relay; its reply.
+    pub fn relay(&self, leg: Leg, command: &str) -> String {
+        let out = probe(
+            self.relay_ns(leg),
+            &[
+                "tcp",
+                &format!("127.0.0.1:{}", port::CONTROL),
+                &format!("{command}\n"),
+            ],
+        );
+        assert!(out.ok, "relay control {command:?}: {}", out.stderr);
+        out.stdout.trim().to_owned()
+    }
+
+    /// A leg's relay counters.
+    pub fn relay_stats(&self, leg: Leg) -> RelayStats {
+        let line = self.relay(leg, "stats");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in relay stats {line:?}"))
+        };
+        RelayStats {
+            connections: field("connections"),
+            c2s_bytes: field("c2s_bytes"),
+            s2c_bytes: field("s2c_bytes"),
+        }
+    }
+
+    /// Generate a key pair with `program genkey`/`pubkey`; the private key is written to
+    /// `file`, the public key returned.
+    fn keypair(&self, program: &str, file: &str) -> String {
+        let out = Command::new(bin(program))
+            .arg("genkey")
+            .output()
+            .expect("run genkey");
+        assert!(
+            out.status.success(),
+            "{program} genkey: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(self.path(file), &out.stdout).expect("write key");
+        let out = Command::new(bin(program))
+            .arg("pubkey")
+            .stdin(std::fs::File::open(self.path(file)).expect("open key"))
+            .output()
+            .expect("run pubkey");
+        assert!(
+            out.status.success(),
+            "{program} pubkey: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Start the exit node and the client, and wait until the tunnel carries traffic.
+    pub fn start_tunnel(&mut self) {
+        let client_public = self.keypair("vpn-client", "client.key");
+        let exit_public = self.keypair("exit-node", "exit.key");
+        self.start_exit(&client_public);
+        self.start_client(&exit_public);
+        self.wait_tunnel(Duration::from_secs(20));
+    }
+
+    fn start_exit(&mut self, client_public: &str) {
+        let config = format!(
+            r#"# Written by the e2e topology.
+private_key_file = "{key}"
+
+[listen.up]
+address = "{up}:{up_port}"
+path = "/u"
+
+[listen.down]
+address = "{down}:{down_port}"
+path = "/d"
+
+[[clients]]
+name = "e2e-client"
+public_key = "{client_public}"
+
+[egress]
+allow_cidrs = ["{inet_net}"]
+
+[dns]
+upstreams = ["{inet}:53"]
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[log]
+stats_interval = "5s"
+"#,
+            key = self.file("exit.key"),
+            up = addr::EXIT_UP,
+            up_port = port::EXIT_UP,
+            down = addr::EXIT_DOWN,
+            down_port = port::EXIT_DOWN,
+            inet_net = addr::INET_NET,
+            inet = addr::INET,
+            admin = port::ADMIN,
+        );
+        std::fs::write(self.path("exit-node.toml"), config).expect("write exit config");
+        let pid = self.exit.spawn_logged(
+            &bin("exit-node"),
+            &["run", "--config", &self.file("exit-node.toml")],
+            &self.path("exit-node.log"),
+        );
+        self.exit_pid = Some(pid);
+        // The relays must reach both listeners: this proves relay → exit as well.
+        wait_listening(
+            &self.relay_a,
+            &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
+        );
+        wait_listening(
+            &self.relay_b,
+            &format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
+        );
+    }
+
+    fn start_client(&mut self, exit_public: &str) {
+        // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf, so
+        // the resolver file vpn-client manages is the one every app in `client` reads.
+        std::fs::create_dir_all(&self.netns_etc).expect("create /etc/netns/<client>");
+        let resolv = self.netns_etc.join("resolv.conf");
+        std::fs::write(&resolv, "# before vpn-client up\nnameserver 192.0.2.53\n")
+            .expect("write resolv.conf");
+        let ca = self.file("ca.pem");
+        let config = format!(
+            r#"# Written by the e2e topology.
+private_key_file = "{key}"
+exit_public_key = "{exit_public}"
+
+[up]
+url = "wss://a.test/u"
+connect_address = "{relay_a}:{relay_port}"
+ca_file = "{ca}"
+
+[down]
+url = "wss://b.test/d"
+connect_address = "{relay_b}:{relay_port}"
+ca_file = "{ca}"
+
+[tun]
+name = "ht0"
+
+[dns]
+manage_system_dns = true
+resolv_conf = "{resolv}"
+
+[session]
+reconnect_initial = "200ms"
+reconnect_max = "2s"
+
+[runtime]
+control_socket = "{control}"
+journal_dir = "{journal}"
+
+[log]
+stats_interval = "5s"
+"#,
+            key = self.file("client.key"),
+            relay_a = addr::RELAY_A,
+            relay_b = addr::RELAY_B,
+            relay_port = port::RELAY,
+            resolv = resolv.display(),
+            control = self.file("control.sock"),
+            journal = self.file("journal"),
+        );
+        std::fs::write(self.path("client.toml"), config).expect("write client config");
+        let pid = self.client.spawn_logged(
+            &bin("vpn-client"),
+            &["up", "--config", &self.file("client.toml")],
+            &self.path("vpn-client.log"),
+        );
+        self.client_pid = Some(pid);
+    }
+
+    /// Wait until an HTTP GET from the client to inet succeeds (only possible through
+    /// the tunnel); panics with the logs after `timeout`.
+    pub fn wait_tunnel(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let target = format!("{}:{}", addr::INET, port::HTTP);
+        loop {
+            let out = probe(&self.client, &["get", &target, "/"]);
+            if out.ok && out.stdout.contains("status=200") {
+                return;
+            }
+            if let Some(pid) = self.client_pid {
+                assert!(self.client.running(pid), "vpn-client exited during start");
+            }
+            if let Some(pid) = self.exit_pid {
+                assert!(self.exit.running(pid), "exit-node exited during start");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the tunnel did not carry an HTTP GET within {timeout:?}: {}",
+                out.stderr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The vpn-client process, once started.
+    pub fn client_pid(&self) -> Option<u32> {
+        self.client_pid
+    }
+
+    /// `vpn-client status` output (plain text).
+    pub fn client_status(&self) -> String {
+        let out = self.client.try_exec(
+            &bin("vpn-client"),
+            &["status", "--config", &self.file("client.toml")],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// Stop the client with SIGTERM and wait for it (it must tear down within 2 s, issue 5);
+    /// its exit status.
+    pub fn stop_client(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.client_pid.take()?;
+        self.client.stop(pid, "TERM", Duration::from_secs(3))
+    }
+
+    /// The last `lines` lines of every log.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut all = String::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return all;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            all += &format!("=== {} (last {lines} lines)\n", log.display());
+            for line in tail.into_iter().rev() {
+                all += line;
+                all.push('\n');
+            }
+        }
+        all
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "{}", self.logs(60));
+        }
+        if let Some(pid) = self.client_pid.take() {
+            let _ = self.client.stop(pid, "TERM", Duration::from_secs(3));
+        }
+        let _ = std::fs::remove_dir_all(&self.netns_etc);
+    }
+}
+
+/// What a probe run printed.
+#[derive(Debug, Clone)]
+pub struct ProbeOutput {
+    /// Whether it exited successfully.
+    pub ok: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+impl ProbeOutput {
+    /// The value of `key=value` in stdout.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+/// Run `ht-probe ARGS` inside `ns`.
+pub fn probe(ns: &Netns, args: &[&str]) -> ProbeOutput {
+    let out = ns.try_exec(&bin("ht-probe"), args);
+    ProbeOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Wait until a TCP connect to `addr` from inside `ns` succeeds (10 s at most).
+pub fn wait_listening(ns: &Netns, addr: &str) {
+    let out = probe(ns, &["wait", addr, "10"]);
+    assert!(
+        out.ok,
+        "nothing listens on {addr} seen from {}: {}",
+        ns.name(),
+        out.stderr
+    );
+}

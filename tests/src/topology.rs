@@ -413,14 +413,44 @@ impl Topology {
 
     /// Start the exit node and the client, and wait until the tunnel carries traffic.
     pub fn start_tunnel(&mut self) {
-        let client_public = self.keypair("vpn-client", "client.key");
-        let exit_public = self.keypair("exit-node", "exit.key");
-        self.start_exit(&client_public);
+        let exit_public = self.start_exit();
         self.start_client(&exit_public);
         self.wait_tunnel(Duration::from_secs(20));
     }
 
-    fn start_exit(&mut self, client_public: &str) {
+    /// Generate both key pairs (with `exit-node genkey`/`pubkey`), write the exit's config
+    /// and start it; wait until both relays reach its listeners. The exit's public key.
+    pub fn start_exit(&mut self) -> String {
+        let client_public = self.keypair("exit-node", "client.key");
+        let exit_public = self.keypair("exit-node", "exit.key");
+        self.write_exit_config(&client_public);
+        let pid = self.exit.spawn_logged(
+            &bin("exit-node"),
+            &["run", "--config", &self.file("exit-node.toml")],
+            &self.path("exit-node.log"),
+        );
+        self.exit_pid = Some(pid);
+        // The relays must reach both listeners: this proves relay → exit as well.
+        wait_listening(
+            &self.relay_a,
+            &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
+        );
+        wait_listening(
+            &self.relay_b,
+            &format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
+        );
+        exit_public
+    }
+
+    /// The exit's `/metrics` text (from its admin listener).
+    pub fn exit_metrics(&self) -> String {
+        let admin = format!("127.0.0.1:{}", port::ADMIN);
+        let out = probe(&self.exit, &["body", &admin, "/metrics"]);
+        assert!(out.ok, "exit metrics: {}", out.stderr);
+        out.stdout
+    }
+
+    fn write_exit_config(&self, client_public: &str) {
         let config = format!(
             r#"# Written by the e2e topology.
 private_key_file = "{key}"
@@ -459,21 +489,6 @@ stats_interval = "5s"
             admin = port::ADMIN,
         );
         std::fs::write(self.path("exit-node.toml"), config).expect("write exit config");
-        let pid = self.exit.spawn_logged(
-            &bin("exit-node"),
-            &["run", "--config", &self.file("exit-node.toml")],
-            &self.path("exit-node.log"),
-        );
-        self.exit_pid = Some(pid);
-        // The relays must reach both listeners: this proves relay → exit as well.
-        wait_listening(
-            &self.relay_a,
-            &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
-        );
-        wait_listening(
-            &self.relay_b,
-            &format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
-        );
     }
 
     fn start_client(&mut self, exit_public: &str) {

@@ -83,3 +83,25 @@ fn topology_hops_work_and_the_client_reaches_only_the_relays() {
         );
     }
 }
+
+#[test]
+fn the_exit_node_runs_behind_both_relays() {
+    if !namespaces_available("the_exit_node_runs_behind_both_relays") {
+        return;
+    }
+    let mut t = Topology::new();
+    // start_exit waits until relay A reaches the up listener and relay B the down one.
+    t.start_exit();
+    let admin = format!("127.0.0.1:{}", port::ADMIN);
+    let health = probe(&t.exit, &["body", &admin, "/healthz"]);
+    assert_eq!(health.stdout, "ok\n", "{}", health.stderr);
+    let metrics = t.exit_metrics();
+    assert!(metrics.contains("# TYPE"), "metrics:\n{metrics}");
+    // The up listener is not reachable from relay B's side and vice versa: each relay
+    // can only ever carry its own leg.
+    let cross = probe(
+        &t.relay_b,
+        &["wait", &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP), "1"],
+    );
+    assert!(!cross.ok, "relay B reached the up listener");
+}

@@ -1,7 +1,8 @@
 //! `ht-inet`: the "internet" of the end-to-end topology, one process serving
 //!
 //! * HTTP/1.1 (`Connection: close`): `GET /` a short page, `GET /bytes/N` the N-byte
-//!   deterministic payload of [`e2e::payload`], `POST /upload` answers `<len> <sha256>`
+//!   deterministic payload of [`e2e::payload`] (`?rate=B` paces it to B bytes/s, so a
+//!   transfer lasts long enough for faults to land in it), `POST /upload` answers `<len> <sha256>`
 //!   of the body;
 //! * DNS over UDP and TCP for the zone `inet.test` (names given with `--name`);
 //! * UDP and TCP echo.
@@ -118,12 +119,12 @@ fn serve_http(conn: TcpStream) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, conn);
     match (method, path.strip_prefix("/bytes/")) {
-        ("GET", Some(n)) => match n.parse::<u64>() {
-            Ok(n) => {
+        ("GET", Some(spec)) => match parse_bytes(spec) {
+            Some((n, rate)) => {
                 head(&mut out, "200 OK", n)?;
-                std::io::copy(&mut Payload::new(SEED, n), &mut out)?;
+                paced_copy(Payload::new(SEED, n), &mut out, rate)?;
             }
-            Err(_) => respond(&mut out, "400 Bad Request", b"bad length\n")?,
+            None => respond(&mut out, "400 Bad Request", b"bad length or rate\n")?,
         },
         ("GET", None) if path == "/" => respond(&mut out, "200 OK", b"hello from inet\n")?,
         ("POST", None) if path == "/upload" => {
@@ -143,6 +144,39 @@ fn serve_http(conn: TcpStream) -> std::io::Result<()> {
         _ => respond(&mut out, "404 Not Found", b"not found\n")?,
     }
     out.flush()
+}
+
+/// `N` or `N?rate=B`.
+fn parse_bytes(spec: &str) -> Option<(u64, Option<u64>)> {
+    let (n, query) = spec.split_once('?').unwrap_or((spec, ""));
+    let rate = match query.strip_prefix("rate=") {
+        Some(r) => Some(r.parse().ok().filter(|&r| r > 0)?),
+        None if query.is_empty() => None,
+        None => return None,
+    };
+    Some((n.parse().ok()?, rate))
+}
+
+/// Copy `from` to `to`, at most `rate` bytes per second if given.
+fn paced_copy(mut from: impl Read, to: &mut impl Write, rate: Option<u64>) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])?;
+        sent += n as u64;
+        if let Some(rate) = rate {
+            let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                to.flush()?;
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }
 
 fn head(out: &mut impl Write, status: &str, len: u64) -> std::io::Result<()> {

@@ -3,10 +3,11 @@
 //! * `ht-probe udp-echo ADDR` — echo every datagram back (runs until killed);
 //! * `ht-probe tcp-echo ADDR` — echo every connection's bytes back (runs until killed);
 //! * `ht-probe udp ADDR TEXT` — send TEXT, print the reply; exit 1 without one in 2 s;
-//! * `ht-probe tcp ADDR TEXT` — connect, send TEXT, half-close, print the reply;
+//! * `ht-probe tcp HOST:PORT TEXT` — connect (names via the system resolver), send TEXT, half-close, print the reply;
 //! * `ht-probe get HOST:PORT PATH` — HTTP GET (the host is resolved by the system
 //!   resolver), stream the body into SHA-256 and print
 //!   `status=S bytes=N sha256=H secs=T max_gap_ms=G` (G: the longest wait for body bytes);
+//! * `ht-probe body HOST:PORT PATH` — HTTP GET, print the body (exit 1 unless 200);
 //! * `ht-probe put HOST:PORT LEN` — POST LEN payload bytes to `/upload`, print
 //!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
 //! * `ht-probe dns SERVER NAME [udp|tcp]` — ask SERVER for NAME's A records, print
@@ -30,13 +31,14 @@ fn main() -> ExitCode {
         ["udp", addr, text] => udp_once(addr, text),
         ["tcp", addr, text] => tcp_once(addr, text),
         ["get", addr, path] => http_get(addr, path),
+        ["body", addr, path] => http_body(addr, path),
         ["put", addr, len] => http_put(addr, len),
         ["dns", server, name] => dns(server, name, "udp"),
         ["dns", server, name, transport] => dns(server, name, transport),
         ["wait", addr, secs] => wait(addr, secs),
         _ => Err(
             "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
-                  get HOST:PORT PATH | put HOST:PORT LEN | dns SERVER NAME [udp|tcp] | \
+                  get|body HOST:PORT PATH | put HOST:PORT LEN | dns SERVER NAME [udp|tcp] | \
                   wait ADDR SECS"
                 .into(),
         ),
@@ -91,7 +93,10 @@ fn udp_once(addr: &str, text: &str) -> Result {
 }
 
 fn tcp_once(addr: &str, text: &str) -> Result {
-    let addr: std::net::SocketAddr = addr.parse()?;
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.write_all(text.as_bytes())?;
@@ -159,6 +164,23 @@ fn http_get(addr: &str, path: &str) -> Result {
         start.elapsed().as_secs_f64(),
         max_gap.as_millis()
     );
+    Ok(())
+}
+
+fn http_body(addr: &str, path: &str) -> Result {
+    let mut conn = connect(addr)?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reader = BufReader::new(conn);
+    let status = read_head(&mut reader)?;
+    let mut body = String::new();
+    reader.read_to_string(&mut body)?;
+    print!("{body}");
+    if status != 200 {
+        return Err(format!("status {status}").into());
+    }
     Ok(())
 }
 

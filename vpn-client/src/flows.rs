@@ -53,7 +53,7 @@ impl Default for BridgeConfig {
 }
 
 /// Counters for `status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BridgeStats {
     /// TCP flows opened as streams.
     pub tcp_opened: u64,
@@ -173,7 +173,7 @@ pub struct Bridge {
 }
 
 /// Flow counts for `status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowCounts {
     /// TCP flows mapped to streams.
     pub tcp: usize,

@@ -7,5 +7,9 @@
 
 pub mod backoff;
 pub mod config;
+pub mod device;
 pub mod flows;
+pub mod keys;
 pub mod leg;
+pub mod session;
+pub mod up;

@@ -212,6 +212,9 @@ pub struct SessionConfig {
     /// Largest reconnect delay.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Whether the exit can reach IPv6 destinations. If false, IPv6 connections are
+    /// refused inside the tunnel (ICMPv6 unreachable) and never leave the machine.
+    pub exit_has_ipv6: bool,
 }
 
 impl Default for SessionConfig {
@@ -220,6 +223,7 @@ impl Default for SessionConfig {
             fallback_to_up_leg: true,
             reconnect_initial: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            exit_has_ipv6: true,
         }
     }
 }

@@ -37,6 +37,7 @@ fn sample_parses_and_matches_the_defaults() {
     assert_eq!(c.routing.table, d.routing.table);
     assert_eq!(c.kill_switch.enabled, d.kill_switch.enabled);
     assert_eq!(c.session.reconnect_initial, d.session.reconnect_initial);
+    assert_eq!(c.session.exit_has_ipv6, d.session.exit_has_ipv6);
     assert_eq!(c.runtime.journal_dir, d.runtime.journal_dir);
     assert_eq!(c.log.stats_interval, d.log.stats_interval);
 }

@@ -1,0 +1,257 @@
+//! `vpn-client up` and `down`: config → driver settings, the host changes through
+//! `platform` (journaled, undone on exit), and the driver in between.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use platform::{
+    DnsConfig, DnsMethod, FirewallConfig, Host, LinuxSystem, Recovery, RouteAllConfig, TunConfig,
+    recover,
+};
+use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::config::{Config, Intercept, LegConfig};
+use crate::flows::BridgeConfig;
+use crate::keys::{decode_key, read_key_file};
+use crate::leg::LegEndpoint;
+use crate::session::{self, DriverConfig};
+
+/// How long connecting a leg (TCP + TLS + upgrade) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the resolver file is checked for rewrites by other programs.
+const DNS_CHECK: Duration = Duration::from_secs(2);
+
+/// Build the driver's settings from the config file: keys, legs, stack, bridge.
+pub fn driver_config(cfg: &Config, fwmark: Option<u32>) -> anyhow::Result<DriverConfig> {
+    let private_key = read_key_file(&cfg.private_key_file)?;
+    let exit_public_key = decode_key("config key `exit_public_key`", &cfg.exit_public_key)?;
+    let psk = cfg.psk_file.as_deref().map(read_key_file).transpose()?;
+    let settings = proto::Settings {
+        fallback: cfg.session.fallback_to_up_leg,
+        ..proto::Settings::default()
+    };
+    // A message is one record: the largest we accept plus its header and tag.
+    let max_message = settings.max_record as usize + 1024;
+    let endpoint = |leg: &LegConfig| -> anyhow::Result<(LegEndpoint, String)> {
+        Ok((
+            LegEndpoint::new(leg, max_message, CONNECT_TIMEOUT)?,
+            leg.url.clone(),
+        ))
+    };
+    let (dns, dns_resolvers) = match cfg.dns.intercept {
+        Intercept::All => (netstack::DnsInterception::AnyAddress, Vec::new()),
+        Intercept::Virtual => (
+            netstack::DnsInterception::ResolversOnly,
+            vec![
+                cfg.dns.virtual_resolver_v4.into(),
+                cfg.dns.virtual_resolver_v6.into(),
+            ],
+        ),
+    };
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    Ok(DriverConfig {
+        client: proto::ClientConfig {
+            private_key,
+            exit_public_key,
+            psk,
+            settings,
+        },
+        legs: [endpoint(&cfg.up)?, endpoint(&cfg.down)?],
+        fwmark,
+        reconnect: (cfg.session.reconnect_initial, cfg.session.reconnect_max),
+        bridge: BridgeConfig {
+            exit_has_ipv6: cfg.session.exit_has_ipv6,
+            ..BridgeConfig::default()
+        },
+        netstack: netstack::Config {
+            mtu: cfg.tun.mtu as usize,
+            dns,
+            dns_resolvers,
+            random_seed: seed,
+            ..netstack::Config::default()
+        },
+        stats_interval: cfg.log.stats_interval,
+        kill_switch: cfg.kill_switch(),
+    })
+}
+
+/// Resolve each leg's host once, before system DNS points into the tunnel (which would
+/// otherwise need the tunnel to find the tunnel). Legs with `connect_address` keep it.
+fn pin_leg_addresses(cfg: &mut Config) -> anyhow::Result<()> {
+    for (name, leg) in [("up", &mut cfg.up), ("down", &mut cfg.down)] {
+        if leg.connect_address.is_some() {
+            continue;
+        }
+        let uri: Uri = leg.url.parse().with_context(|| format!("{name}.url"))?;
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("wss") {
+                443
+            } else {
+                80
+            });
+        let addr: SocketAddr = (host, port)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve the {name} leg's host {host}"))?
+            .next()
+            .with_context(|| format!("the {name} leg's host {host} has no address"))?;
+        tracing::info!(leg = name, %host, %addr, "leg host resolved");
+        leg.connect_address = Some(addr);
+    }
+    Ok(())
+}
+
+/// Apply the host changes in the documented order; returns the TUN.
+fn apply(
+    host: &mut Host<LinuxSystem>,
+    cfg: &Config,
+) -> anyhow::Result<platform::tun_rs::SyncDevice> {
+    let tun = &cfg.tun;
+    let lan: Vec<String> = cfg.router.lan_interface.iter().cloned().collect();
+    let lan = if cfg.router.enabled { lan } else { Vec::new() };
+    let firewall = FirewallConfig {
+        kill_switch: cfg.kill_switch(),
+        lan_interfaces: lan.clone(),
+        tun_addresses: vec![tun.address_v4.addr().into(), tun.address_v6.addr().into()],
+        ..FirewallConfig::kill_switch(&tun.name, cfg.routing.fwmark)
+    };
+    host.firewall(&firewall)?;
+    let ks = if firewall.kill_switch { "on" } else { "off" };
+    tracing::info!(kill_switch = ks, "firewall table loaded");
+    let device = host.create_tun(&TunConfig {
+        name: tun.name.clone(),
+        mtu: u16::try_from(tun.mtu).unwrap_or(u16::MAX),
+        ipv4: Some((tun.address_v4.addr(), tun.address_v4.prefix_len())),
+        ipv6: vec![(tun.address_v6.addr(), tun.address_v6.prefix_len())],
+        offload: false,
+        multi_queue: false,
+    })?;
+    tracing::info!(name = %tun.name, mtu = tun.mtu, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
+    let route_all = RouteAllConfig {
+        fwmark: cfg.routing.fwmark,
+        table: cfg.routing.table,
+        include: cfg.routing.include.clone(),
+        exclude: cfg.routing.exclude.clone(),
+        ..RouteAllConfig::new(&tun.name)
+    };
+    host.route_all(&route_all)?;
+    tracing::info!(
+        table = route_all.table,
+        fwmark = format!("{:#x}", route_all.fwmark),
+        "routes applied: everything but marked sockets goes into the TUN"
+    );
+    if cfg.router.enabled {
+        host.forwarding()?;
+        tracing::info!(lan = ?lan, "router mode: forwarding on");
+    }
+    if cfg.dns.manage_system_dns {
+        let servers = vec![
+            cfg.dns.virtual_resolver_v4.into(),
+            cfg.dns.virtual_resolver_v6.into(),
+        ];
+        host.dns(&DnsConfig {
+            servers: servers.clone(),
+            tun: tun.name.clone(),
+            method: DnsMethod::Auto,
+            resolv_conf: cfg.dns.resolv_conf.clone(),
+        })?;
+        tracing::info!(
+            ?servers,
+            "DNS applied: system resolver points into the tunnel"
+        );
+    }
+    Ok(device)
+}
+
+/// `vpn-client up`: until Ctrl-C / SIGTERM.
+pub async fn up(path: &Path) -> anyhow::Result<()> {
+    let mut cfg = Config::load(path)?;
+    // Keys and legs are checked before anything on the host changes.
+    let driver = driver_config(&cfg, Some(cfg.routing.fwmark))?;
+    pin_leg_addresses(&mut cfg)?;
+    let driver = DriverConfig {
+        legs: driver_config(&cfg, Some(cfg.routing.fwmark))?.legs,
+        ..driver
+    };
+    let journal = cfg.runtime.journal_dir.clone();
+    let mut sys = LinuxSystem::default();
+    if let Recovery::Restored(n) = recover(&mut sys, &journal)? {
+        tracing::warn!("a previous run did not clean up; undid its {n} changes");
+    }
+    let mut host = Host::begin(sys, &journal)?;
+    let device = match apply(&mut host, &cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            if let Err(r) = host.restore() {
+                tracing::error!("restoring after the failed setup: {r}");
+            }
+            return Err(e);
+        }
+    };
+    let host = Arc::new(Mutex::new(Some(host)));
+    let result = serve(&cfg, driver, device, host.clone()).await;
+    let host = host.lock().ok().and_then(|mut h| h.take());
+    if let Some(host) = host {
+        host.restore().context("restoring the host")?;
+        tracing::info!("routes, DNS and firewall restored");
+    }
+    result
+}
+
+async fn serve(
+    cfg: &Config,
+    driver: DriverConfig,
+    device: platform::tun_rs::SyncDevice,
+    host: Arc<Mutex<Option<Host<LinuxSystem>>>>,
+) -> anyhow::Result<()> {
+    let dev = platform::tun_rs::AsyncDevice::new(device).context("TUN to async")?;
+    let (status_tx, status_rx) = tokio::sync::mpsc::channel(16);
+    let socket = &cfg.runtime.control_socket;
+    session::status::serve(socket, status_tx)
+        .with_context(|| format!("control socket {}", socket.display()))?;
+    let dns_check = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(DNS_CHECK).await;
+            if let Ok(mut guard) = host.lock()
+                && let Some(h) = guard.as_mut()
+                && let Err(e) = h.check_dns()
+            {
+                tracing::warn!("checking the resolver file: {e}");
+            }
+        }
+    });
+    tracing::info!("tunnel up; Ctrl-C or SIGTERM to stop");
+    let result = session::run(driver, dev, status_rx, shutdown_signal()).await;
+    dns_check.abort();
+    let _ = std::fs::remove_file(socket);
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// `vpn-client down`: undo what a crashed or killed instance left behind.
+pub fn down(journal_dir: &Path) -> anyhow::Result<Recovery> {
+    Ok(recover(&mut LinuxSystem::default(), journal_dir)?)
+}

@@ -113,3 +113,44 @@ pub fn query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
     msg.add_query(hickory_proto::op::Query::query(n(name), rtype));
     msg.to_vec().expect("encode test query")
 }
+
+/// A throwaway CA with one leaf for `up.example.test`.
+#[allow(missing_debug_implementations)]
+pub struct TestCa {
+    /// The CA certificate.
+    pub ca_der: rustls_pki_types::CertificateDer<'static>,
+    /// The leaf certificate (PEM).
+    pub leaf_pem: String,
+    /// The leaf key (PEM).
+    pub leaf_key_pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec!["up.example.test".into()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        TestCa {
+            ca_der: ca.der().clone(),
+            leaf_pem: leaf.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+}

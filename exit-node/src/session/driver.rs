@@ -349,14 +349,9 @@ impl Driver {
         match result {
             Ok(dialed) => {
                 let tcp = matches!(dialed, Dialed::Tcp(_));
-                let backlog = flow.connect(id, dialed, &self.inbox);
+                flow.connect(id, dialed, &self.inbox);
                 if tcp {
                     let _ = self.conn.accept_stream(id);
-                }
-                if let super::streams::FlowIo::Udp(udp) = &flow.io {
-                    for d in backlog {
-                        let _ = udp.try_send(&d);
-                    }
                 }
                 self.pump_to_destination(id);
             }
@@ -514,14 +509,7 @@ impl Driver {
             return;
         };
         flow.last_active = now;
-        match &flow.io {
-            super::streams::FlowIo::Udp(udp) => {
-                let _ = udp.try_send(&data);
-            }
-            _ => {
-                flow.backlog(data);
-            }
-        }
+        flow.send_datagram(data);
     }
 
     fn on_dns(&mut self, id: u32, msg: Bytes) {
@@ -541,7 +529,7 @@ impl Driver {
         let expired: Vec<StreamId> = self
             .flows
             .iter()
-            .filter(|(_, f)| matches!(f.io, super::streams::FlowIo::Udp(_)))
+            .filter(|(_, f)| f.is_udp())
             .filter(|(_, f)| now.saturating_duration_since(f.last_active) >= idle)
             .map(|(id, _)| *id)
             .collect();

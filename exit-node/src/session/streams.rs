@@ -26,6 +26,8 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 pub(crate) const MAX_OUTSTANDING: usize = 4;
 /// Datagrams held for a UDP flow whose socket is not connected yet.
 const UDP_BACKLOG: usize = 16;
+/// Datagrams queued to a UDP socket's writer.
+const UDP_QUEUE: usize = 256;
 
 /// A connected destination.
 #[derive(Debug)]
@@ -61,14 +63,14 @@ pub(crate) struct Flow {
 #[derive(Debug)]
 pub(crate) enum FlowIo {
     /// Dialling; datagrams that arrive meanwhile wait here.
-    Dialing {
-        backlog: Vec<Bytes>,
-    },
+    Dialing { backlog: Vec<Bytes> },
     Tcp {
         to_writer: mpsc::UnboundedSender<WriterCmd>,
         go: mpsc::Sender<()>,
     },
-    Udp(Arc<UdpSocket>),
+    /// A connected UDP socket, written by a task fed through `out` (bounded: datagrams
+    /// beyond it are dropped, as a congested network would).
+    Udp { out: mpsc::Sender<Bytes> },
 }
 
 impl Drop for Flow {
@@ -96,12 +98,7 @@ impl Flow {
     }
 
     /// Start the tasks of a connected destination.
-    pub fn connect(
-        &mut self,
-        id: StreamId,
-        dialed: Dialed,
-        inbox: &mpsc::Sender<Input>,
-    ) -> Vec<Bytes> {
+    pub fn connect(&mut self, id: StreamId, dialed: Dialed, inbox: &mpsc::Sender<Input>) {
         let backlog = match &mut self.io {
             FlowIo::Dialing { backlog } => std::mem::take(backlog),
             _ => Vec::new(),
@@ -115,27 +112,35 @@ impl Flow {
                 let w = tokio::spawn(tcp_writer(id, wr, writer_rx, inbox.clone()));
                 self.tasks = vec![r.abort_handle(), w.abort_handle()];
                 self.io = FlowIo::Tcp { to_writer, go };
-                Vec::new()
             }
             Dialed::Udp(udp) => {
                 let udp = Arc::new(udp);
+                let (out, out_rx) = mpsc::channel(UDP_QUEUE);
+                for d in backlog {
+                    let _ = out.try_send(d);
+                }
                 let r = tokio::spawn(udp_reader(id, udp.clone(), inbox.clone()));
-                self.tasks = vec![r.abort_handle()];
-                self.io = FlowIo::Udp(udp);
-                backlog
+                let w = tokio::spawn(udp_writer(udp, out_rx));
+                self.tasks = vec![r.abort_handle(), w.abort_handle()];
+                self.io = FlowIo::Udp { out };
             }
         }
     }
 
-    /// Hold a datagram until the socket is connected; false if the backlog is full.
-    pub fn backlog(&mut self, data: Bytes) -> bool {
+    /// Send a datagram to the destination, or hold it while dialling; false if dropped.
+    pub fn send_datagram(&mut self, data: Bytes) -> bool {
         match &mut self.io {
             FlowIo::Dialing { backlog } if backlog.len() < UDP_BACKLOG => {
                 backlog.push(data);
                 true
             }
+            FlowIo::Udp { out } => out.try_send(data).is_ok(),
             _ => false,
         }
+    }
+
+    pub fn is_udp(&self) -> bool {
+        matches!(self.io, FlowIo::Udp { .. })
     }
 
     /// Let the reader read its next chunk.
@@ -217,6 +222,14 @@ async fn tcp_writer(
                 return;
             }
         }
+    }
+}
+
+async fn udp_writer(udp: Arc<UdpSocket>, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(d) = rx.recv().await {
+        // A send error (e.g. ICMP unreachable reported on a connected socket) loses this
+        // datagram only, as on any network.
+        let _ = udp.send(&d).await;
     }
 }
 

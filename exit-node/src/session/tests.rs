@@ -1,1 +1,600 @@
-//! Session layer tests.
+//! The whole node on loopback, driven by a `proto` client over real WebSockets (the down
+//! leg over TLS with a test CA), with destinations the test starts itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use hickory_proto::op::Message as DnsMessage;
+use hickory_proto::rr::RecordType;
+use proto::{
+    ClientConfig, ClientHandshake, Connection, Destination, Event, Leg, Read, ResetCode, StreamId,
+    StreamKind,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::Config;
+use crate::keys::encode_key;
+use crate::node::{self, Node};
+use crate::testutil::{DnsServer, TestCa, query};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Ws = WebSocketStream<Box<dyn Io>>;
+
+struct Setup {
+    node: Node,
+    dir: PathBuf,
+    client_private: [u8; 32],
+    exit_public: [u8; 32],
+    ca: TestCa,
+    _dns: DnsServer,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A node with a plain up listener and a TLS down listener on loopback; `egress` is the
+/// `[egress]` table body.
+async fn setup(egress: &str) -> Setup {
+    let dir = std::env::temp_dir().join(format!(
+        "ht-exit-session-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (exit_private, exit_public) = proto::generate_keypair();
+    let (client_private, client_public) = proto::generate_keypair();
+    std::fs::write(dir.join("exit.key"), encode_key(&exit_private)).unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.join("down.crt"), &ca.leaf_pem).unwrap();
+    std::fs::write(dir.join("down.key"), &ca.leaf_key_pem).unwrap();
+    let dns = DnsServer::start(vec!["127.0.0.1".parse().unwrap()]).await;
+    let text = format!(
+        r#"
+private_key_file = "exit.key"
+[listen.up]
+address = "127.0.0.1:0"
+path = "/u"
+[listen.down]
+address = "127.0.0.2:0"
+path = "/d"
+[listen.down.tls]
+cert = "down.crt"
+key = "down.key"
+[[clients]]
+name = "tester"
+public_key = "{}"
+[egress]
+{egress}
+connect_timeout = "2s"
+udp_idle_timeout = "2s"
+[dns]
+upstreams = ["{}"]
+[limits]
+handshakes_per_second_per_source = 1000
+[log]
+stats_interval = "0s"
+"#,
+        encode_key(&client_public),
+        dns.addr
+    );
+    let path = dir.join("exit-node.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let node = node::start(&config, &dir).await.unwrap();
+    Setup {
+        node,
+        dir,
+        client_private,
+        exit_public,
+        ca,
+        _dns: dns,
+    }
+}
+
+async fn ws_plain(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let io: Box<dyn Io> = Box::new(tcp);
+    tokio_tungstenite::client_async(format!("ws://a.test{path}"), io)
+        .await
+        .unwrap()
+        .0
+}
+
+async fn ws_tls(s: &Setup, path: &str) -> Ws {
+    let tcp = TcpStream::connect(s.node.listening.down).await.unwrap();
+    let tls =
+        s.ca.connector()
+            .connect("up.example.test".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+    let io: Box<dyn Io> = Box::new(tls);
+    tokio_tungstenite::client_async(format!("wss://up.example.test{path}"), io)
+        .await
+        .unwrap()
+        .0
+}
+
+fn timestamp() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+async fn next_binary(ws: &mut Ws) -> Option<Vec<u8>> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()??
+        {
+            Ok(Message::Binary(b)) => return Some(b.to_vec()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// A minimal client driver over two WebSockets.
+struct Client {
+    conn: Connection,
+    up: Ws,
+    down: Ws,
+    ended: [bool; 2],
+    events: Vec<Event>,
+}
+
+impl Client {
+    async fn connect(s: &Setup) -> Client {
+        let cfg = ClientConfig {
+            private_key: s.client_private,
+            exit_public_key: s.exit_public,
+            psk: None,
+            settings: proto::Settings::default(),
+        };
+        let mut up = ws_plain(s.node.listening.up, "/u").await;
+        let (hs, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
+        up.send(Message::Binary(init)).await.unwrap();
+        let resp = next_binary(&mut up).await.expect("handshake response");
+        let mut conn = hs.finish(std::time::Instant::now(), &resp).unwrap();
+        let mut down = ws_tls(s, "/d").await;
+        down.send(Message::Binary(conn.attach_request(Leg::Down)))
+            .await
+            .unwrap();
+        let ok = next_binary(&mut down).await.expect("attach ok");
+        conn.handle_attach_ok(std::time::Instant::now(), Leg::Down, &ok)
+            .unwrap();
+        Client {
+            conn,
+            up,
+            down,
+            ended: [false; 2],
+            events: Vec::new(),
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.conn.poll_transmit(std::time::Instant::now()) {
+            let ws = match t.leg {
+                Leg::Up => &mut self.up,
+                Leg::Down => &mut self.down,
+            };
+            ws.send(Message::Binary(t.payload)).await.unwrap();
+        }
+    }
+
+    /// Pump until an event matches `want` (returned) or `limit` passes.
+    async fn until(&mut self, limit: Duration, want: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.flush().await;
+            while let Some(e) = self.conn.poll_event() {
+                let hit = want(&e);
+                self.events.push(e.clone());
+                if hit {
+                    return Some(e);
+                }
+            }
+            let timer = self
+                .conn
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or(deadline);
+            let (leg, msg) = tokio::select! {
+                m = self.up.next(), if !self.ended[0] => (Leg::Up, m),
+                m = self.down.next(), if !self.ended[1] => (Leg::Down, m),
+                _ = tokio::time::sleep_until(timer.min(deadline)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    self.conn.handle_timeout(std::time::Instant::now());
+                    continue;
+                }
+            };
+            match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    let r = self.conn.handle_record(
+                        std::time::Instant::now(),
+                        leg,
+                        BytesMut::from(&b[..]),
+                    );
+                    r.unwrap();
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    // The exit closed this leg (e.g. the session ended): stop reading it.
+                    self.ended[leg.index()] = true;
+                    self.conn.leg_lost(std::time::Instant::now(), leg);
+                }
+            }
+        }
+    }
+
+    /// Read a whole stream until Fin.
+    async fn read_all(&mut self, id: StreamId, limit: Duration) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut out = Vec::new();
+        loop {
+            match self
+                .conn
+                .stream_read(std::time::Instant::now(), id, usize::MAX)
+                .unwrap()
+            {
+                Read::Data(d) => out.extend_from_slice(&d),
+                Read::Fin => return out,
+                Read::WouldBlock => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    assert!(
+                        !left.is_zero(),
+                        "stream {id} not finished, {} bytes read",
+                        out.len()
+                    );
+                    self.until(
+                        left,
+                        |e| matches!(e, Event::StreamReadable { id: x } if *x == id),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// A TCP echo server on loopback that counts connections.
+async fn echo_server() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 131 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn tcp_streams_echo_through_the_node_by_address_and_by_name() {
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let (echo, _) = echo_server().await;
+    let mut c = Client::connect(&s).await;
+    for dest in [
+        Destination::Addr(echo),
+        Destination::domain("echo.example.test", echo.port()).unwrap(),
+    ] {
+        let id = c.conn.open_stream(StreamKind::Tcp, dest).unwrap();
+        c.until(Duration::from_secs(5), |e| {
+            *e == Event::StreamAccepted { id }
+        })
+        .await
+        .expect("accepted");
+        let data = pattern(3 * 1024 * 1024 + 17);
+        let mut sent = 0;
+        while sent < data.len() {
+            sent += c.conn.stream_write(id, &data[sent..]).unwrap();
+            c.until(Duration::from_millis(20), |_| false).await;
+        }
+        c.conn.stream_finish(id).unwrap();
+        let back = c.read_all(id, Duration::from_secs(20)).await;
+        assert!(back == data, "echo differs: {} bytes back", back.len());
+    }
+}
+
+#[tokio::test]
+async fn dns_queries_are_answered_through_the_tunnel() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.conn
+        .send_dns_query(42, query(0x1234, "www.example.test.", RecordType::A).into())
+        .unwrap();
+    let Some(Event::DnsResponse { id, msg }) = c
+        .until(Duration::from_secs(5), |e| {
+            matches!(e, Event::DnsResponse { .. })
+        })
+        .await
+    else {
+        panic!("no DNS response");
+    };
+    assert_eq!(id, 42);
+    let msg = DnsMessage::from_vec(&msg).unwrap();
+    assert_eq!(msg.id(), 0x1234);
+    assert_eq!(msg.answers()[0].data().to_string(), "192.0.2.10");
+}
+
+#[tokio::test]
+async fn udp_datagrams_cross_both_ways() {
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let mut c = Client::connect(&s).await;
+    let id = c
+        .conn
+        .open_stream(StreamKind::Udp, Destination::Addr(addr))
+        .unwrap();
+    c.conn
+        .send_datagram(id, bytes::Bytes::from_static(b"one"))
+        .unwrap();
+    let got = c
+        .until(Duration::from_secs(5), |e| {
+            matches!(e, Event::Datagram { .. })
+        })
+        .await;
+    assert_eq!(
+        got,
+        Some(Event::Datagram {
+            id,
+            data: bytes::Bytes::from_static(b"one")
+        })
+    );
+    // Idle UDP flows are reset after the configured idle timeout (2 s here).
+    let reset = c
+        .until(Duration::from_secs(6), |e| {
+            matches!(e, Event::StreamReset { .. })
+        })
+        .await;
+    assert_eq!(
+        reset,
+        Some(Event::StreamReset {
+            id,
+            code: ResetCode::IdleTimeout
+        })
+    );
+}
+
+#[tokio::test]
+async fn refused_destinations_are_reset_and_never_dialled() {
+    let s = setup("").await;
+    let (echo, connections) = echo_server().await;
+    let mut c = Client::connect(&s).await;
+    let dests = [
+        Destination::Addr(echo),
+        Destination::domain("loop.example.test", echo.port()).unwrap(),
+        Destination::domain("meta.example.test", 80).unwrap(),
+        Destination::Addr("[::ffff:127.0.0.1]:80".parse().unwrap()),
+    ];
+    for dest in dests {
+        let id = c.conn.open_stream(StreamKind::Tcp, dest.clone()).unwrap();
+        let got = c
+            .until(
+                Duration::from_secs(5),
+                |e| matches!(e, Event::StreamReset { id: x, .. } if *x == id),
+            )
+            .await;
+        assert_eq!(
+            got,
+            Some(Event::StreamReset {
+                id,
+                code: ResetCode::PolicyRefused
+            }),
+            "{dest}"
+        );
+    }
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        0,
+        "a refused destination was dialled"
+    );
+    let metrics = s.node.hub.metrics.encode();
+    assert!(
+        metrics.contains("egress_refused_total{reason=\"special_range\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_down_leg_is_reattached_and_the_transfer_completes() {
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let (echo, _) = echo_server().await;
+    let mut c = Client::connect(&s).await;
+    let id = c
+        .conn
+        .open_stream(StreamKind::Tcp, Destination::Addr(echo))
+        .unwrap();
+    c.until(Duration::from_secs(5), |e| {
+        *e == Event::StreamAccepted { id }
+    })
+    .await
+    .unwrap();
+    let data = pattern(8 * 1024 * 1024);
+    let mut sent = 0;
+    let mut cut = false;
+    while sent < data.len() {
+        sent += c.conn.stream_write(id, &data[sent..]).unwrap();
+        c.until(Duration::from_millis(20), |_| false).await;
+        if !cut && sent > data.len() / 2 {
+            // Drop the down transport without a close handshake, then re-attach.
+            cut = true;
+            c.conn.leg_lost(std::time::Instant::now(), Leg::Down);
+            c.down = ws_tls(&s, "/d").await;
+            let attach = c.conn.attach_request(Leg::Down);
+            c.down.send(Message::Binary(attach)).await.unwrap();
+            let ok = next_binary(&mut c.down).await.unwrap();
+            c.conn
+                .handle_attach_ok(std::time::Instant::now(), Leg::Down, &ok)
+                .unwrap();
+        }
+    }
+    c.conn.stream_finish(id).unwrap();
+    let back = c.read_all(id, Duration::from_secs(30)).await;
+    assert!(
+        back == data,
+        "echo differs after re-attach: {} bytes",
+        back.len()
+    );
+    assert!(c.conn.stats().legs[1].attaches >= 2);
+}
+
+#[tokio::test]
+async fn unknown_sessions_and_junk_get_no_protocol_answer() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let attach = c.conn.attach_request(Leg::Down);
+    // A different node has never heard of this session: it closes with 4404.
+    let other = setup("").await;
+    let mut ws = ws_tls(&other, "/d").await;
+    ws.send(Message::Binary(attach)).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), super::CLOSE_UNKNOWN_SESSION)
+        }
+        other => panic!("expected a 4404 close, got {other:?}"),
+    }
+    // Random bytes as a first message: dropped without a single byte back.
+    let mut ws = ws_plain(s.node.listening.up, "/u").await;
+    ws.send(Message::Binary(vec![1u8; 300].into()))
+        .await
+        .unwrap();
+    assert_eq!(next_binary(&mut ws).await, None);
+    // A replayed handshake: no answer either.
+    let cfg = ClientConfig {
+        private_key: s.client_private,
+        exit_public_key: s.exit_public,
+        psk: None,
+        settings: proto::Settings::default(),
+    };
+    let (_, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
+    for expect_answer in [true, false] {
+        let mut ws = ws_plain(s.node.listening.up, "/u").await;
+        ws.send(Message::Binary(init.clone())).await.unwrap();
+        assert_eq!(next_binary(&mut ws).await.is_some(), expect_answer);
+    }
+    assert!(
+        s.node
+            .hub
+            .metrics
+            .encode()
+            .contains("handshakes_rejected_total{reason=\"replay\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_session_and_cannot_reconnect() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.until(Duration::from_millis(50), |_| false).await;
+    let mut config = Config::load(&s.dir.join("exit-node.toml")).unwrap();
+    config.clients.clear();
+    assert_eq!(s.node.reload(&config).unwrap(), 1);
+    let closed = c
+        .until(Duration::from_secs(5), |e| {
+            matches!(e, Event::Closed { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            closed,
+            Some(Event::Closed {
+                code: proto::CloseCode::Revoked,
+                remote: true,
+                ..
+            })
+        ),
+        "{closed:?}"
+    );
+    let cfg = ClientConfig {
+        private_key: s.client_private,
+        exit_public_key: s.exit_public,
+        psk: None,
+        settings: proto::Settings::default(),
+    };
+    let (_, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
+    let mut ws = ws_plain(s.node.listening.up, "/u").await;
+    ws.send(Message::Binary(init)).await.unwrap();
+    assert_eq!(next_binary(&mut ws).await, None);
+    // Wait for the driver to leave the store.
+    for _ in 0..100 {
+        if s.node.hub.session_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.node.hub.session_count(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_destination_reader_bounds_exit_memory() {
+    // A destination that accepts but never reads: the client's writes must stall at the
+    // credit limit instead of piling up at the exit.
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tcp);
+    });
+    let mut c = Client::connect(&s).await;
+    let id = c
+        .conn
+        .open_stream(StreamKind::Tcp, Destination::Addr(addr))
+        .unwrap();
+    c.until(Duration::from_secs(5), |e| {
+        *e == Event::StreamAccepted { id }
+    })
+    .await
+    .unwrap();
+    let data = vec![7u8; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..300 {
+        sent += c.conn.stream_write(id, &data).unwrap();
+        c.until(Duration::from_millis(10), |_| false).await;
+    }
+    // Kernel socket buffers + the stream window + the writer queue, far below 300 MiB.
+    assert!(
+        sent < 48 << 20,
+        "client could push {sent} bytes into a stalled destination"
+    );
+    assert!(sent > 256 << 10, "nothing flowed: {sent}");
+    hold.abort();
+}

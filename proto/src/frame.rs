@@ -663,7 +663,8 @@ fn decode_close(r: &mut Reader) -> Result<Frame, DecodeError> {
     let code = CloseCode::from_code(r.u16()?);
     let len = usize::from(r.u8()?);
     let reason = r.bytes(len)?;
-    let reason = String::from_utf8_lossy(&reason).into_owned();
+    let reason =
+        String::from_utf8(reason.to_vec()).map_err(|_| DecodeError::Invalid { field: "reason" })?;
     Ok(Frame::Close { code, reason })
 }
 

@@ -466,11 +466,12 @@ impl Connection {
                 last: self.attach_seq,
             });
         }
-        self.check_resume_point(attach.next)?;
+        self.check_resume_point(attach.next)
+            .map_err(|e| self.fail(e))?;
         self.attach_seq = attach.seq;
         self.tx.on_ack(attach.next);
         self.mark_attached(now, leg);
-        self.resume_sending(now, attach.next);
+        self.resume_sending(now, leg, attach.next);
         let mut ok = AttachOk {
             session: self.id,
             leg,
@@ -499,7 +500,7 @@ impl Connection {
                 last: self.attach_pending[leg.index()].unwrap_or(0),
             });
         }
-        self.check_resume_point(ok.next)?;
+        self.check_resume_point(ok.next).map_err(|e| self.fail(e))?;
         self.attach_pending[leg.index()] = None;
         self.tx.on_ack(ok.next);
         self.mark_attached(now, leg);
@@ -533,14 +534,12 @@ impl Connection {
         }
     }
 
-    /// Exit: after an attach of some leg, pick the send leg and resume at `next`.
-    fn resume_sending(&mut self, now: Instant, next: u64) {
+    /// Exit: after an attach of `leg`, pick the send leg; if it changed, or is the leg
+    /// just attached (a new transport), resume at the client's `next`.
+    fn resume_sending(&mut self, now: Instant, leg: Leg, next: u64) {
         let before = self.send_leg;
         self.send_leg = self.exit_send_leg(now);
-        if self.send_leg.is_some() && (self.send_leg != before || before.is_none()) {
-            self.tx.cursor = next.max(self.tx.acked);
-        } else if self.send_leg == Some(Leg::Down) {
-            // Down re-attached while already sending on it (a replaced transport).
+        if self.send_leg.is_some() && (self.send_leg != before || self.send_leg == Some(leg)) {
             self.tx.cursor = next.max(self.tx.acked);
         }
     }
@@ -617,7 +616,10 @@ impl Connection {
                 return self.leg_fault(now, leg, e);
             }
         };
-        self.ack.next = counter.checked_add(1).ok_or(Error::CountersExhausted)?;
+        self.ack.next = match counter.checked_add(1) {
+            Some(next) => next,
+            None => return Err(self.fail(Error::CountersExhausted)),
+        };
         let l = &mut self.legs[leg.index()];
         l.last_rx = Some(now);
         l.records_rx += 1;
@@ -627,7 +629,8 @@ impl Connection {
             .slice(RECORD_HEADER_LEN..RECORD_HEADER_LEN + plain_len);
         let mut eliciting = false;
         for frame in Frames::new(plain) {
-            let frame = frame.map_err(Error::from);
+            // Undecodable bytes inside an authenticated record: the peer is broken.
+            let frame = frame.map_err(|_| Error::ProtocolViolation("malformed frame"));
             let result = frame.and_then(|f| {
                 eliciting |= f.is_ack_eliciting();
                 self.on_frame(now, f)

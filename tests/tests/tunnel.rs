@@ -146,8 +146,9 @@ fn killing_either_leg_mid_download_keeps_the_checksum() {
         return;
     };
     let n = size();
-    // Paced so that the download outlasts the kills whatever the machine's speed.
-    let rate = 16 * MIB;
+    // Paced to last about 4 s whatever the machine's speed: the six kills (one every
+    // 400 ms) all land inside it.
+    let rate = (n / 4).max(1);
     let mut download = t
         .client
         .command(&bin("ht-probe"))
@@ -158,34 +159,28 @@ fn killing_either_leg_mid_download_keeps_the_checksum() {
         .expect("start the download");
     let (a0, b0) = (t.relay_stats(Leg::Up), t.relay_stats(Leg::Down));
     let started = Instant::now();
-    let mut kills = Vec::new();
     for round in 0..3 {
         for leg in [Leg::Up, Leg::Down] {
             std::thread::sleep(Duration::from_millis(400));
+            assert!(
+                download.try_wait().unwrap().is_none(),
+                "the download ended before kill {round} of the {leg:?} leg"
+            );
             assert_eq!(t.relay(leg, "kill"), "ok");
-            kills.push((round, leg, started.elapsed()));
+            eprintln!("killed the {leg:?} leg at {:?}", started.elapsed());
         }
     }
-    let killed_at = started.elapsed();
     let mut stdout = String::new();
-    download
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let status = download.wait().unwrap();
-    let total = started.elapsed();
     let mut stderr = String::new();
-    download
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    eprintln!("kills at {kills:?}; download: {stdout} {stderr}");
+    let mut pipes = (
+        download.stdout.take().unwrap(),
+        download.stderr.take().unwrap(),
+    );
+    pipes.0.read_to_string(&mut stdout).unwrap();
+    pipes.1.read_to_string(&mut stderr).unwrap();
+    let status = download.wait().unwrap();
+    eprintln!("download after {:?}: {stdout} {stderr}", started.elapsed());
     assert!(status.success(), "download failed: {stderr}");
-    assert!(total > killed_at, "the download ended before the last kill");
     let field = |k: &str| {
         stdout
             .split_whitespace()
@@ -195,15 +190,18 @@ fn killing_either_leg_mid_download_keeps_the_checksum() {
     assert_eq!(field("bytes"), Some(n.to_string()));
     assert_eq!(field("sha256"), Some(expected_sha256(n)));
     // Every kill was followed by a reconnect through the same relay.
-    let (a1, b1) = (t.relay_stats(Leg::Up), t.relay_stats(Leg::Down));
-    assert!(
-        a1.connections >= a0.connections + 3,
-        "up leg reconnects: {a0:?} → {a1:?}"
-    );
-    assert!(
-        b1.connections >= b0.connections + 3,
-        "down leg reconnects: {b0:?} → {b1:?}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a1, b1) = (t.relay_stats(Leg::Up), t.relay_stats(Leg::Down));
+        if a1.connections >= a0.connections + 3 && b1.connections >= b0.connections + 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "legs did not reconnect after each kill: up {a0:?} → {a1:?}, down {b0:?} → {b1:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let gap: u64 = field("max_gap_ms").and_then(|g| g.parse().ok()).unwrap();
     eprintln!("longest stall seen by the app: {gap} ms");
 }
@@ -221,12 +219,13 @@ fn the_exit_refuses_destinations_its_policy_does_not_allow() {
     assert_eq!(udp.stdout.trim(), "allowed", "UDP control: {}", udp.stderr);
     // Each of these has an echo server the exit can reach (see the topology test); only
     // the egress policy stands between: private (10/8), metadata (169.254.169.254) and the
-    // exit's own addresses.
+    // exit's own addresses. (Not its inet-side address: that lies inside the explicitly
+    // allowed INET_NET, and an allowance covers the exit's own addresses by design.)
     let denied = [
         addr::PRIVATE,
         addr::METADATA,
         addr::EXIT_UP,
-        addr::EXIT_INET,
+        addr::EXIT_DOWN,
     ];
     for ip in denied {
         let tcp = probe(&t.client, &["tcp", &echo(ip), "ssrf"]);

@@ -629,4 +629,4 @@ impl Bridge {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

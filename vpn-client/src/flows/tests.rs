@@ -25,12 +25,12 @@ const DST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
 
 // ---------- the app host: smoltcp over two queues ----------
 
-struct Queues {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
+pub(crate) struct Queues {
+    pub(crate) rx: VecDeque<Vec<u8>>,
+    pub(crate) tx: VecDeque<Vec<u8>>,
 }
-struct QRx(Vec<u8>);
-struct QTx<'a>(&'a mut VecDeque<Vec<u8>>);
+pub(crate) struct QRx(Vec<u8>);
+pub(crate) struct QTx<'a>(&'a mut VecDeque<Vec<u8>>);
 impl phy::RxToken for QRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         f(&self.0)
@@ -64,29 +64,29 @@ impl phy::Device for Queues {
 
 /// One app connection: sends `send` pattern bytes then FIN, verifies what comes back
 /// against `expect` (a pattern seed), records how it ended.
-struct AppConn {
+pub(crate) struct AppConn {
     handle: SocketHandle,
     send: u64,
-    sent: u64,
-    recv: u64,
+    pub(crate) sent: u64,
+    pub(crate) recv: u64,
     expect_seed: u32,
-    corrupt: bool,
+    pub(crate) corrupt: bool,
     reading: bool,
     closed: bool,
 }
 
-struct AppHost {
-    iface: Interface,
-    sockets: SocketSet<'static>,
-    dev: Queues,
-    conns: Vec<AppConn>,
+pub(crate) struct AppHost {
+    pub(crate) iface: Interface,
+    pub(crate) sockets: SocketSet<'static>,
+    pub(crate) dev: Queues,
+    pub(crate) conns: Vec<AppConn>,
     /// Non-TCP packets the stack sent to the app (ICMP errors, UDP, echo replies).
     other: Vec<Vec<u8>>,
     next_port: u16,
 }
 
 impl AppHost {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut dev = Queues {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
@@ -116,7 +116,7 @@ impl AppHost {
         }
     }
 
-    fn connect(&mut self, to: SocketAddr, send: u64, expect_seed: u32) -> usize {
+    pub(crate) fn connect(&mut self, to: SocketAddr, send: u64, expect_seed: u32) -> usize {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; 64 * 1024]),
             tcp::SocketBuffer::new(vec![0; 64 * 1024]),
@@ -144,7 +144,7 @@ impl AppHost {
     }
 
     /// Write and read every connection as far as the buffers allow.
-    fn work(&mut self) {
+    pub(crate) fn work(&mut self) {
         for c in &mut self.conns {
             let s = self.sockets.get_mut::<tcp::Socket<'static>>(c.handle);
             while c.sent < c.send && s.can_send() {

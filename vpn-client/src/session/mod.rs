@@ -15,6 +15,8 @@
 
 pub mod legs;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

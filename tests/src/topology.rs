@@ -7,7 +7,8 @@
 //! 10.10.0.2  10.10.0.1 └ relay-b (10.20.2.2:443, TLS "b.test") ─ exit 10.30.2.2:8081 /d ┘ 10.40.0.1  10.40.0.2
 //! ```
 //!
-//! * `client` has one outer interface, `eth0`, whose default route is the `lan` router.
+//! * `client` has one outer interface, `eth0` (also IPv6 `fd10::2`), whose default routes
+//!   are the `lan` router.
 //!   The router knows only the relays' networks, so without the tunnel the client reaches
 //!   nothing but the relays: anything that gets further went through the tunnel.
 //! * `relay-a`/`relay-b` run `ht-relay` with certificates of a CA the topology makes (rcgen);
@@ -243,6 +244,10 @@ impl Topology {
         link(x, "eth-i", &["10.40.0.1/24"], i, "eth0", &["10.40.0.2/24"]);
         lan.forward();
         c.ip(&["route", "add", "default", "via", addr::LAN_GW]);
+        // IPv6 on the LAN too, so an IPv6 leak would have a way out (the exit has none).
+        c.ip(&[
+            "-6", "route", "add", "default", "via", "fd10::1", "dev", "eth0", "onlink",
+        ]);
         a.ip(&["route", "add", "default", "via", "10.20.1.1"]);
         b.ip(&["route", "add", "default", "via", "10.20.2.1"]);
         x.ip(&["route", "add", "default", "via", addr::INET]);
@@ -524,6 +529,8 @@ resolv_conf = "{resolv}"
 [session]
 reconnect_initial = "200ms"
 reconnect_max = "2s"
+# The exit namespace has no IPv6: IPv6 must be refused inside the tunnel.
+exit_has_ipv6 = false
 
 [runtime]
 control_socket = "{control}"
@@ -677,4 +684,89 @@ pub fn wait_listening(ns: &Netns, addr: &str) {
         ns.name(),
         out.stderr
     );
+}
+
+/// A packet capture (tcpdump) on an interface of a namespace, e.g. the client's `eth0`.
+#[derive(Debug)]
+pub struct Capture<'a> {
+    ns: &'a Netns,
+    pid: u32,
+    file: PathBuf,
+}
+
+impl<'a> Capture<'a> {
+    /// Start capturing on `iface`; returns once tcpdump listens. `dir` holds the files.
+    pub fn start(ns: &'a Netns, iface: &str, dir: &Path) -> Capture<'a> {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let file = dir.join(format!("capture-{n}.pcap"));
+        let log = dir.join(format!("capture-{n}.log"));
+        let pid = ns.spawn_logged(
+            "tcpdump",
+            &["-i", iface, "-n", "-U", "-w", &file.to_string_lossy()],
+            &log,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
+            assert!(
+                ns.running(pid),
+                "tcpdump exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(Instant::now() < deadline, "tcpdump did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Capture { ns, pid, file }
+    }
+
+    /// Stop and return one line per packet (`tcpdump -n -r`).
+    pub fn stop(self) -> Vec<String> {
+        self.ns
+            .stop(self.pid, "INT", Duration::from_secs(5))
+            .expect("tcpdump stops on SIGINT");
+        let out = Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .output()
+            .expect("run tcpdump -r");
+        assert!(
+            out.status.success(),
+            "tcpdump -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Whether a `tcpdump -n` line is one of the tunnel's own packets on the client's outer
+/// interface: TCP between the client and a relay's port 443 (the legs' TLS), or link
+/// housekeeping (ARP, IPv6 neighbour/router discovery, multicast listener reports).
+pub fn is_leg_or_link_traffic(line: &str) -> bool {
+    const HOUSEKEEPING: [&str; 4] = [
+        " ARP, ",
+        "ICMP6, neighbor ",
+        "ICMP6, router solicitation",
+        "multicast listener report",
+    ];
+    if HOUSEKEEPING.iter().any(|h| line.contains(h)) {
+        return true;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let Some(at) = words.iter().position(|w| *w == "IP") else {
+        return false;
+    };
+    let (Some(src), Some(dst)) = (words.get(at + 1), words.get(at + 3)) else {
+        return false;
+    };
+    let dst = dst.trim_end_matches(':');
+    let client = format!("{}.", addr::CLIENT);
+    let legs = [
+        format!("{}.{}", addr::RELAY_A, port::RELAY),
+        format!("{}.{}", addr::RELAY_B, port::RELAY),
+    ];
+    let is_leg = |a: &str| legs.iter().any(|l| l == a);
+    let tcp = line.contains(": Flags [");
+    tcp && ((src.starts_with(&client) && is_leg(dst)) || (is_leg(src) && dst.starts_with(&client)))
 }

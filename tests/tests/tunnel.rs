@@ -140,61 +140,55 @@ fn dns_resolves_through_the_tunnel() {
     assert_eq!(after, "# before vpn-client up\nnameserver 192.0.2.53\n");
 }
 
-#[test]
-fn killing_either_leg_mid_download_keeps_the_checksum() {
-    let Some(t) = tunnel("killing_either_leg_mid_download_keeps_the_checksum") else {
-        return;
-    };
-    let n = size();
-    // Paced to last about 4 s whatever the machine's speed: the six kills (one every
-    // 400 ms) all land inside it.
-    let rate = (n / 4).max(1);
-    let mut download = t
+/// Which leg(s) a fault hits.
+const KILLS: [&[Leg]; 6] = [
+    &[Leg::Up],
+    &[Leg::Down],
+    &[Leg::Up, Leg::Down],
+    &[Leg::Up],
+    &[Leg::Down],
+    &[Leg::Up, Leg::Down],
+];
+
+/// Run `ht-probe ARGS` in the client while killing the legs of [`KILLS`] one step every
+/// 400 ms (the transfer is paced to last about 4 s, so every kill lands inside it); wait
+/// until every kill was followed by a reconnect through the same relay; the probe's stdout.
+fn transfer_while_killing_legs(t: &Topology, args: &[&str]) -> String {
+    let mut child = t
         .client
         .command(&bin("ht-probe"))
-        .args(["get", &http(), &format!("/bytes/{n}?rate={rate}")])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the download");
+        .expect("start the transfer");
     let (a0, b0) = (t.relay_stats(Leg::Up), t.relay_stats(Leg::Down));
     let started = Instant::now();
-    for round in 0..3 {
-        for leg in [Leg::Up, Leg::Down] {
-            std::thread::sleep(Duration::from_millis(400));
-            assert!(
-                download.try_wait().unwrap().is_none(),
-                "the download ended before kill {round} of the {leg:?} leg"
-            );
+    for legs in KILLS {
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the transfer ended before killing {legs:?} at {:?}",
+            started.elapsed()
+        );
+        for &leg in legs {
             assert_eq!(t.relay(leg, "kill"), "ok");
-            eprintln!("killed the {leg:?} leg at {:?}", started.elapsed());
         }
+        eprintln!("killed {legs:?} at {:?}", started.elapsed());
     }
     let mut stdout = String::new();
     let mut stderr = String::new();
-    let mut pipes = (
-        download.stdout.take().unwrap(),
-        download.stderr.take().unwrap(),
-    );
+    let mut pipes = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     pipes.0.read_to_string(&mut stdout).unwrap();
     pipes.1.read_to_string(&mut stderr).unwrap();
-    let status = download.wait().unwrap();
-    eprintln!("download after {:?}: {stdout} {stderr}", started.elapsed());
-    assert!(status.success(), "download failed: {stderr}");
-    let field = |k: &str| {
-        stdout
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
-    assert_eq!(field("bytes"), Some(n.to_string()));
-    assert_eq!(field("sha256"), Some(expected_sha256(n)));
-    // Every kill was followed by a reconnect through the same relay.
+    let status = child.wait().unwrap();
+    eprintln!("transfer after {:?}: {stdout} {stderr}", started.elapsed());
+    assert!(status.success(), "transfer failed: {stderr}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (a1, b1) = (t.relay_stats(Leg::Up), t.relay_stats(Leg::Down));
-        if a1.connections >= a0.connections + 3 && b1.connections >= b0.connections + 3 {
-            break;
+        if a1.connections >= a0.connections + 4 && b1.connections >= b0.connections + 4 {
+            return stdout;
         }
         assert!(
             Instant::now() < deadline,
@@ -202,8 +196,46 @@ fn killing_either_leg_mid_download_keeps_the_checksum() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let gap: u64 = field("max_gap_ms").and_then(|g| g.parse().ok()).unwrap();
-    eprintln!("longest stall seen by the app: {gap} ms");
+}
+
+fn field(stdout: &str, key: &str) -> Option<String> {
+    stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+#[test]
+fn killing_the_legs_mid_download_keeps_the_checksum() {
+    let Some(t) = tunnel("killing_the_legs_mid_download_keeps_the_checksum") else {
+        return;
+    };
+    let n = size();
+    let path = format!("/bytes/{n}?rate={}", (n / 4).max(1));
+    let out = transfer_while_killing_legs(&t, &["get", &http(), &path]);
+    assert_eq!(field(&out, "status").as_deref(), Some("200"));
+    assert_eq!(field(&out, "bytes"), Some(n.to_string()));
+    assert_eq!(field(&out, "sha256"), Some(expected_sha256(n)));
+    eprintln!(
+        "longest stall seen by the app: {} ms",
+        field(&out, "max_gap_ms").unwrap()
+    );
+}
+
+#[test]
+fn killing_the_legs_mid_upload_keeps_the_checksum() {
+    let Some(t) = tunnel("killing_the_legs_mid_upload_keeps_the_checksum") else {
+        return;
+    };
+    let n = size();
+    let rate = (n / 4).max(1).to_string();
+    let out = transfer_while_killing_legs(&t, &["put", &http(), &n.to_string(), &rate]);
+    assert_eq!(field(&out, "status").as_deref(), Some("200"));
+    let sha = expected_sha256(n);
+    assert!(
+        out.ends_with(&format!("reply={n} {sha}\n")),
+        "the server received something else: {out}"
+    );
 }
 
 #[test]

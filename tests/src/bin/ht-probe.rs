@@ -8,7 +8,8 @@
 //!   resolver), stream the body into SHA-256 and print
 //!   `status=S bytes=N sha256=H secs=T max_gap_ms=G` (G: the longest wait for body bytes);
 //! * `ht-probe body HOST:PORT PATH` — HTTP GET, print the body (exit 1 unless 200);
-//! * `ht-probe put HOST:PORT LEN` — POST LEN payload bytes to `/upload`, print
+//! * `ht-probe put HOST:PORT LEN [RATE]` — POST LEN payload bytes to `/upload` (at most
+//!   RATE bytes/s if given), print
 //!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
 //! * `ht-probe dns SERVER NAME [udp|tcp]` — ask SERVER for NAME's A records, print
 //!   `rcode=R` and one address per line;
@@ -32,13 +33,14 @@ fn main() -> ExitCode {
         ["tcp", addr, text] => tcp_once(addr, text),
         ["get", addr, path] => http_get(addr, path),
         ["body", addr, path] => http_body(addr, path),
-        ["put", addr, len] => http_put(addr, len),
+        ["put", addr, len] => http_put(addr, len, None),
+        ["put", addr, len, rate] => http_put(addr, len, Some(rate)),
         ["dns", server, name] => dns(server, name, "udp"),
         ["dns", server, name, transport] => dns(server, name, transport),
         ["wait", addr, secs] => wait(addr, secs),
         _ => Err(
             "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
-                  get|body HOST:PORT PATH | put HOST:PORT LEN | dns SERVER NAME [udp|tcp] | \
+                  get|body HOST:PORT PATH | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp] | \
                   wait ADDR SECS"
                 .into(),
         ),
@@ -184,8 +186,9 @@ fn http_body(addr: &str, path: &str) -> Result {
     Ok(())
 }
 
-fn http_put(addr: &str, len: &str) -> Result {
+fn http_put(addr: &str, len: &str, rate: Option<&str>) -> Result {
     let len: u64 = len.parse()?;
+    let rate: Option<f64> = rate.map(str::parse).transpose()?;
     let start = Instant::now();
     let mut conn = connect(addr)?;
     write!(
@@ -202,6 +205,12 @@ fn http_put(addr: &str, len: &str) -> Result {
         }
         hasher.update(&buf[..n]);
         conn.write_all(&buf[..n])?;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(hasher.len() as f64 / rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     let mut reader = BufReader::new(conn);
     let status = read_head(&mut reader)?;

@@ -34,7 +34,9 @@ pub fn namespaces_available(test: &str) -> bool {
             "{test}: namespace tests cannot run ({why}) but CI is set: failing instead of skipping"
         );
     }
-    eprintln!("SKIPPED {test}: {why}");
+    // Straight to the stderr handle: libtest would swallow `eprintln!` of a passing test.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
     false
 }
 

@@ -66,6 +66,13 @@ fn dialer(config: &Config) -> Result<Dialer, NodeError> {
 /// Protocol settings from `[session]` and `[limits]`.
 pub fn proto_settings(config: &Config) -> Result<proto::Settings, NodeError> {
     let limits = &config.file.limits;
+    if limits.bandwidth_per_client != 0 {
+        return Err(NodeError::Limit {
+            key: "bandwidth_per_client",
+            message: "per-client bandwidth limits are not implemented in this version; set 0"
+                .into(),
+        });
+    }
     let defaults = proto::Settings::default();
     let max_record = (limits
         .max_message_size

@@ -223,7 +223,8 @@ pub struct LimitsConfig {
     pub handshake_timeout: Duration,
     /// Largest WebSocket message.
     pub max_message_size: usize,
-    /// Per-client bytes per second each way; 0 = unlimited.
+    /// Per-client bytes per second each way; 0 = unlimited. Not enforced yet: other values
+    /// are refused when the node starts.
     pub bandwidth_per_client: u64,
 }
 

@@ -177,6 +177,8 @@ pub struct Topology {
     pub dir: TempDir,
     client_pid: Option<u32>,
     exit_pid: Option<u32>,
+    /// Extra TOML appended to the client's config (e.g. `[kill_switch]`).
+    client_extra: String,
     /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
     netns_etc: PathBuf,
 }
@@ -197,6 +199,7 @@ impl Topology {
             dir: TempDir::new("e2e"),
             client_pid: None,
             exit_pid: None,
+            client_extra: String::new(),
         };
         t.wire();
         t.write_certificates();
@@ -391,8 +394,8 @@ impl Topology {
     }
 
     /// Generate a key pair with `program genkey`/`pubkey`; the private key is written to
-    /// `file`, the public key returned.
-    fn keypair(&self, program: &str, file: &str) -> String {
+    /// `file` (in the topology's directory), the public key returned.
+    pub fn keypair(&self, program: &str, file: &str) -> String {
         let out = Command::new(bin(program))
             .arg("genkey")
             .output()
@@ -421,6 +424,29 @@ impl Topology {
         let exit_public = self.start_exit();
         self.start_client(&exit_public);
         self.wait_tunnel(Duration::from_secs(20));
+    }
+
+    /// Append `toml` to the client config written by the next [`Topology::start_client`]
+    /// (e.g. `"[kill_switch]\nenabled = true\n"`).
+    pub fn client_config_extra(&mut self, toml: &str) {
+        self.client_extra.push_str(toml);
+    }
+
+    /// The exit-node process, once started.
+    pub fn exit_pid(&self) -> Option<u32> {
+        self.exit_pid
+    }
+
+    /// Rewrite the exit's config so that its only client has public key `client_public`,
+    /// and make the running exit-node reload it (SIGHUP).
+    pub fn reload_exit_clients(&self, client_public: &str) {
+        self.write_exit_config(client_public);
+        let pid = self.exit_pid.expect("exit-node runs");
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP exit-node");
     }
 
     /// Generate both key pairs (with `exit-node genkey`/`pubkey`), write the exit's config
@@ -496,7 +522,9 @@ stats_interval = "5s"
         std::fs::write(self.path("exit-node.toml"), config).expect("write exit config");
     }
 
-    fn start_client(&mut self, exit_public: &str) {
+    /// Write the client's config (and the resolver file it manages) and start
+    /// `vpn-client up`; does not wait for the tunnel (see [`Topology::wait_tunnel`]).
+    pub fn start_client(&mut self, exit_public: &str) {
         // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf, so
         // the resolver file vpn-client manages is the one every app in `client` reads.
         std::fs::create_dir_all(&self.netns_etc).expect("create /etc/netns/<client>");
@@ -538,7 +566,8 @@ journal_dir = "{journal}"
 
 [log]
 stats_interval = "5s"
-"#,
+{extra}"#,
+            extra = self.client_extra,
             key = self.file("client.key"),
             relay_a = addr::RELAY_A,
             relay_b = addr::RELAY_B,
@@ -600,6 +629,84 @@ stats_interval = "5s"
     pub fn stop_client(&mut self) -> Option<std::process::ExitStatus> {
         let pid = self.client_pid.take()?;
         self.client.stop(pid, "TERM", Duration::from_secs(3))
+    }
+
+    /// Send `signal` (e.g. "KILL") to vpn-client and wait up to 3 s for it to exit; its
+    /// exit status (`None` if it did not exit or was not running).
+    pub fn signal_client(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
+        let pid = self.client_pid.take()?;
+        self.client.stop(pid, signal, Duration::from_secs(3))
+    }
+
+    /// Run `vpn-client down` in the client namespace; its output (panics if it fails).
+    pub fn client_down(&self) -> String {
+        let out = self.client.try_exec(
+            &bin("vpn-client"),
+            &["down", "--config", &self.file("client.toml")],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "vpn-client down: {text}");
+        text
+    }
+
+    /// The client namespace's host state that `up` changes and `down` must restore:
+    /// policy rules and routes of every table (IPv4 and IPv6), links, the whole nftables
+    /// ruleset and the resolver file — one text to compare byte for byte.
+    pub fn client_snapshot(&self) -> String {
+        let mut all = String::new();
+        for args in [
+            &["rule", "show"][..],
+            &["-6", "rule", "show"],
+            &["route", "show", "table", "all"],
+            &["-6", "route", "show", "table", "all"],
+            &["-o", "link", "show"],
+        ] {
+            let out = self.client.ip(args);
+            all += &format!(
+                "=== ip {}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let nft = self.client.exec("nft", &["list", "ruleset"]);
+        all += &format!(
+            "=== nft list ruleset\n{}",
+            String::from_utf8_lossy(&nft.stdout)
+        );
+        let resolv =
+            std::fs::read_to_string(self.netns_etc.join("resolv.conf")).unwrap_or_default();
+        all + "=== resolv.conf\n" + &resolv
+    }
+
+    /// The sum of the exit's `/metrics` samples whose line starts with `prefix`, e.g.
+    /// `half_tunnel_exit_handshakes_rejected_total{reason="replay"}`.
+    pub fn exit_counter(&self, prefix: &str) -> f64 {
+        self.exit_metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The text of log `name` (e.g. "exit-node.log") without terminal colour codes.
+    pub fn log(&self, name: &str) -> String {
+        let raw = std::fs::read_to_string(self.path(name)).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters… final byte (@ to ~).
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) && c != '[' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// The last `lines` lines of every log.

@@ -110,7 +110,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let node = exit_node::node::start(&config, &dir).await?;
+        let mut node = exit_node::node::start(&config, &dir).await?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

@@ -159,7 +159,7 @@ impl Node {
     }
 
     /// Stop accepting, end every session, and wait up to `deadline` for them to go.
-    pub async fn shutdown(mut self, deadline: Duration) {
+    pub async fn shutdown(&mut self, deadline: Duration) {
         self.listening.stop_accepting();
         self.hub
             .close_all(proto::CloseCode::Shutdown, "exit node shutting down");

@@ -48,6 +48,11 @@ static N: AtomicUsize = AtomicUsize::new(0);
 /// A node with a plain up listener and a TLS down listener on loopback; `egress` is the
 /// `[egress]` table body.
 async fn setup(egress: &str) -> Setup {
+    setup_with(egress, "").await
+}
+
+/// `setup` with extra `[limits]` lines.
+async fn setup_with(egress: &str, limits: &str) -> Setup {
     let dir = std::env::temp_dir().join(format!(
         "ht-exit-session-{}-{}",
         std::process::id(),
@@ -84,6 +89,7 @@ udp_idle_timeout = "2s"
 upstreams = ["{}"]
 [limits]
 handshakes_per_second_per_source = 1000
+{limits}
 [log]
 stats_interval = "0s"
 "#,
@@ -597,4 +603,212 @@ async fn a_slow_destination_reader_bounds_exit_memory() {
     );
     assert!(sent > 256 << 10, "nothing flowed: {sent}");
     hold.abort();
+}
+
+fn client_config(s: &Setup) -> ClientConfig {
+    ClientConfig {
+        private_key: s.client_private,
+        exit_public_key: s.exit_public,
+        psk: None,
+        settings: proto::Settings::default(),
+    }
+}
+
+#[tokio::test]
+async fn many_streams_at_once_with_an_up_leg_reattach_in_the_middle() {
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let (echo, connections) = echo_server().await;
+    let mut c = Client::connect(&s).await;
+    let data = pattern(256 * 1024);
+    let ids: Vec<StreamId> = (0..40)
+        .map(|_| {
+            c.conn
+                .open_stream(StreamKind::Tcp, Destination::Addr(echo))
+                .unwrap()
+        })
+        .collect();
+    let mut sent = vec![0usize; ids.len()];
+    let mut rounds = 0;
+    while sent.iter().any(|n| *n < data.len()) {
+        for (i, id) in ids.iter().enumerate() {
+            if c.conn.has_stream(*id) && sent[i] < data.len() {
+                sent[i] += c.conn.stream_write(*id, &data[sent[i]..]).unwrap_or(0);
+                if sent[i] == data.len() {
+                    c.conn.stream_finish(*id).unwrap();
+                }
+            }
+        }
+        c.until(Duration::from_millis(20), |_| false).await;
+        rounds += 1;
+        if rounds == 1 {
+            // Replace the up transport: a new connection, attach, resume.
+            c.conn.leg_lost(std::time::Instant::now(), Leg::Up);
+            c.up = ws_plain(s.node.listening.up, "/u").await;
+            let attach = c.conn.attach_request(Leg::Up);
+            c.up.send(Message::Binary(attach)).await.unwrap();
+            let ok = next_binary(&mut c.up).await.unwrap();
+            c.conn
+                .handle_attach_ok(std::time::Instant::now(), Leg::Up, &ok)
+                .unwrap();
+        }
+        assert!(rounds < 2000, "writes stalled: {sent:?}");
+    }
+    for id in ids {
+        let back = c.read_all(id, Duration::from_secs(20)).await;
+        assert!(back == data, "stream {id}: {} bytes back", back.len());
+    }
+    assert_eq!(connections.load(Ordering::Relaxed), 40);
+    assert!(c.conn.stats().legs[0].attaches >= 2);
+}
+
+#[tokio::test]
+async fn dns_aaaa_txt_and_nxdomain_pass_through() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let cases = [
+        ("www.example.test.", RecordType::AAAA, Some("2001:db8::10")),
+        ("www.example.test.", RecordType::TXT, Some("hello")),
+        ("nope.example.test.", RecordType::A, None),
+    ];
+    for (i, (name, rtype, want)) in cases.into_iter().enumerate() {
+        let id = 100 + i as u32;
+        c.conn
+            .send_dns_query(id, query(7, name, rtype).into())
+            .unwrap();
+        let got = c
+            .until(
+                Duration::from_secs(5),
+                |e| matches!(e, Event::DnsResponse { id: x, .. } if *x == id),
+            )
+            .await;
+        let Some(Event::DnsResponse { msg, .. }) = got else {
+            panic!("no answer for {name} {rtype}");
+        };
+        let msg = DnsMessage::from_vec(&msg).unwrap();
+        match want {
+            Some(text) => assert!(
+                msg.answers()[0].data().to_string().contains(text),
+                "{msg:?}"
+            ),
+            None => assert_eq!(
+                msg.response_code(),
+                hickory_proto::op::ResponseCode::NXDomain
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_stream_limit_resets_extra_streams_and_the_rest_keep_working() {
+    let s = setup_with(
+        r#"allow_cidrs = ["127.0.0.0/8"]"#,
+        "max_streams_per_session = 3",
+    )
+    .await;
+    let (echo, _) = echo_server().await;
+    let mut c = Client::connect(&s).await;
+    let ids: Vec<StreamId> = (0..4)
+        .map(|_| {
+            c.conn
+                .open_stream(StreamKind::Tcp, Destination::Addr(echo))
+                .unwrap()
+        })
+        .collect();
+    let reset = c
+        .until(Duration::from_secs(5), |e| {
+            matches!(e, Event::StreamReset { .. })
+        })
+        .await;
+    assert_eq!(
+        reset,
+        Some(Event::StreamReset {
+            id: ids[3],
+            code: ResetCode::TooManyStreams
+        })
+    );
+    c.conn.stream_write(ids[0], b"still here").unwrap();
+    c.conn.stream_finish(ids[0]).unwrap();
+    assert_eq!(
+        c.read_all(ids[0], Duration::from_secs(5)).await,
+        b"still here"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_that_never_handshakes_is_dropped_while_others_are_served() {
+    let s = setup_with("", "handshake_timeout = \"1s\"").await;
+    let mut idle = ws_plain(s.node.listening.up, "/u").await;
+    let mut c = Client::connect(&s).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        next_binary(&mut idle).await,
+        None,
+        "the idle socket is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    c.conn
+        .send_dns_query(1, query(1, "www.example.test.", RecordType::A).into())
+        .unwrap();
+    assert!(
+        c.until(Duration::from_secs(5), |e| matches!(
+            e,
+            Event::DnsResponse { .. }
+        ))
+        .await
+        .is_some()
+    );
+    assert!(
+        s.node
+            .hub
+            .metrics
+            .encode()
+            .contains("handshakes_rejected_total{reason=\"timeout\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_client_key_gets_no_answer_and_nothing_is_dialled() {
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let mut cfg = client_config(&s);
+    cfg.private_key = proto::generate_keypair().0;
+    let (_, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
+    let mut ws = ws_plain(s.node.listening.up, "/u").await;
+    ws.send(Message::Binary(init)).await.unwrap();
+    assert_eq!(next_binary(&mut ws).await, None);
+    assert_eq!(s.node.hub.session_count(), 0);
+    assert!(
+        s.node
+            .hub
+            .metrics
+            .encode()
+            .contains("handshakes_rejected_total{reason=\"unknown_client\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_sessions_with_a_reason() {
+    let mut s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.until(Duration::from_millis(50), |_| false).await;
+    let started = tokio::time::Instant::now();
+    let (closed, ()) = tokio::join!(
+        c.until(Duration::from_secs(5), |e| matches!(
+            e,
+            Event::Closed { .. }
+        )),
+        s.node.shutdown(Duration::from_secs(5)),
+    );
+    assert!(
+        matches!(
+            closed,
+            Some(Event::Closed {
+                code: proto::CloseCode::Shutdown,
+                remote: true,
+                ..
+            })
+        ),
+        "{closed:?}"
+    );
+    assert_eq!(s.node.hub.session_count(), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

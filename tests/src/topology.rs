@@ -525,6 +525,13 @@ stats_interval = "5s"
     /// Write the client's config (and the resolver file it manages) and start
     /// `vpn-client up`; does not wait for the tunnel (see [`Topology::wait_tunnel`]).
     pub fn start_client(&mut self, exit_public: &str) {
+        self.prepare_client(exit_public);
+        self.spawn_client();
+    }
+
+    /// Write the client's config and the client namespace's resolver file as it is before
+    /// `vpn-client up`, without starting anything.
+    pub fn prepare_client(&mut self, exit_public: &str) {
         // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf, so
         // the resolver file vpn-client manages is the one every app in `client` reads.
         std::fs::create_dir_all(&self.netns_etc).expect("create /etc/netns/<client>");
@@ -577,6 +584,10 @@ stats_interval = "5s"
             journal = self.file("journal"),
         );
         std::fs::write(self.path("client.toml"), config).expect("write client config");
+    }
+
+    /// Start `vpn-client up` with the config [`Topology::prepare_client`] wrote.
+    pub fn spawn_client(&mut self) {
         let pid = self.client.spawn_logged(
             &bin("vpn-client"),
             &["up", "--config", &self.file("client.toml")],

@@ -140,8 +140,26 @@ struct Peer {
     attach_seq: u64,
 }
 
-/// §3: handshake by hand against the reference `Acceptor`.
+/// The receive limits the hand-built client announces (§3.1).
+#[derive(Clone, Copy)]
+struct Limits {
+    stream_window: u32,
+    session_window: u32,
+    max_record: u32,
+}
+
+const DEFAULT_LIMITS: Limits = Limits {
+    stream_window: 262_144,
+    session_window: 33_554_432,
+    max_record: 131_072,
+};
+
 fn connect(cipher_bits: u8, psk: Option<[u8; 32]>, shift: u8) -> Peer {
+    connect_with(cipher_bits, psk, shift, DEFAULT_LIMITS)
+}
+
+/// §3: handshake by hand against the reference `Acceptor`.
+fn connect_with(cipher_bits: u8, psk: Option<[u8; 32]>, shift: u8, limits: Limits) -> Peer {
     let (client_private, client_public) = generate_keypair();
     let (exit_private, exit_public) = generate_keypair();
     let allowed = [AllowedClient {
@@ -162,9 +180,9 @@ fn connect(cipher_bits: u8, psk: Option<[u8; 32]>, shift: u8) -> Peer {
     hello.extend_from_slice(&1_000u64.to_be_bytes()); // timestamp
     hello.push(cipher_bits);
     hello.push(1); // fallback
-    hello.extend_from_slice(&262_144u32.to_be_bytes());
-    hello.extend_from_slice(&33_554_432u32.to_be_bytes());
-    hello.extend_from_slice(&131_072u32.to_be_bytes());
+    hello.extend_from_slice(&limits.stream_window.to_be_bytes());
+    hello.extend_from_slice(&limits.session_window.to_be_bytes());
+    hello.extend_from_slice(&limits.max_record.to_be_bytes());
     hello.push(shift);
     assert_eq!(hello.len(), 23);
     let mut buf = [0u8; 512];
@@ -378,4 +396,67 @@ fn a_malformed_frame_in_a_record_is_a_session_error() {
     let e = p.send(&[0x11]).unwrap_err(); // unknown frame type, authenticated
     assert!(p.exit.is_closed(), "the session was closed");
     assert_eq!(e.scope(), Scope::Session, "{e:?}");
+}
+
+/// BUG / design gap (proto/src/connection/mod.rs `queue`, `on_frame` → `Frame::Ping`):
+/// frames the core queues in answer to the peer (`Pong` for every `Ping`, `Reset
+/// {TooManyStreams}` for every excess `Open`) bypass the send budget of §10, and sealed
+/// records stay until the peer acknowledges them. An authenticated client that fills its
+/// records with pings and never acknowledges makes the exit's memory grow without bound
+/// (at the client's upload rate). Here: budget = 4,096 + 2 × 65,600 bytes, and 16
+/// records of pings leave about 1 MB queued at the exit. Fix: answer at most one
+/// outstanding `Pong` (e.g. only the latest ping id), coalesce excess-stream resets, or
+/// count these frames against the budget and end the session when a peer exceeds it.
+#[test]
+#[ignore = "proto bug: Pong answers bypass the send budget; an unacknowledging pinger grows exit memory"]
+fn pings_from_a_peer_that_never_acknowledges_stay_within_the_budget() {
+    let limits = Limits {
+        stream_window: 4_096,
+        session_window: 4_096,
+        max_record: 65_600,
+    };
+    let mut p = connect_with(0x01, None, 24, limits);
+    p.attach(2, 0);
+    let budget = (limits.session_window + 2 * limits.max_record) as usize;
+    let mut pings = Vec::new();
+    for id in 0..(131_072 / 9) as u64 {
+        pings.push(0x01);
+        pings.extend_from_slice(&id.to_be_bytes());
+    }
+    for _ in 0..16 {
+        assert_eq!(p.send(&pings), Ok(()));
+        // Drain what the exit sends (it goes nowhere; nothing is ever acknowledged).
+        while p.exit.poll_transmit(p.now).is_some() {}
+    }
+    let held = p.exit.buffered_bytes();
+    assert!(
+        held <= budget,
+        "the exit holds {held} bytes, budget {budget}"
+    );
+}
+
+/// Design gap (proto/src/config.rs `PeerLimits::check` has lower bounds only): what the
+/// exit may hold for one session is bounded by the limits the *client* announces, up to
+/// `u32::MAX` each. A client announcing 4 GiB windows and a 4 GiB `max_record` lets the
+/// exit take 4 GiB of writes on one stream (and its sender reserves `max_record + 25`
+/// bytes for every record it opens: a 4 GiB allocation). Fix: an upper bound on announced
+/// values (refuse with `BadParameter`, or clamp to local maxima).
+#[test]
+#[ignore = "proto gap: announced peer limits have no upper bound"]
+fn what_the_exit_buffers_is_bounded_by_its_own_settings() {
+    let huge = Limits {
+        stream_window: u32::MAX,
+        session_window: u32::MAX,
+        max_record: u32::MAX,
+    };
+    let mut p = connect_with(0x01, None, 24, huge);
+    // Open stream 1 (TCP to 192.0.2.1:80) by hand, §5.2.
+    let open = [0x04, 0, 0, 0, 1, 0x01, 0x04, 192, 0, 2, 1, 0, 80];
+    assert_eq!(p.send(&open), Ok(()));
+    let id = proto::StreamId(1);
+    assert!(p.exit.has_stream(id));
+    let own = Settings::default();
+    let bound = (own.session_window + 2 * own.max_record) as usize;
+    let writable = p.exit.stream_writable(id).expect("stream");
+    assert!(writable <= bound, "one stream may buffer {writable} bytes");
 }

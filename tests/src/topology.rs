@@ -175,10 +175,12 @@ pub struct Topology {
     pub inet: Netns,
     /// Configs, keys, certificates and logs.
     pub dir: TempDir,
-    client_pid: Option<u32>,
+    client_pid: std::sync::Mutex<Option<u32>>,
     exit_pid: Option<u32>,
     /// Extra TOML appended to the client's config (e.g. `[kill_switch]`).
     client_extra: String,
+    /// The client config's `session.exit_has_ipv6` (false: the exit namespace has none).
+    exit_has_ipv6: bool,
     /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
     netns_etc: PathBuf,
 }
@@ -197,9 +199,10 @@ impl Topology {
             exit: Netns::new("exit"),
             inet: Netns::new("inet"),
             dir: TempDir::new("e2e"),
-            client_pid: None,
+            client_pid: std::sync::Mutex::new(None),
             exit_pid: None,
             client_extra: String::new(),
+            exit_has_ipv6: false,
         };
         t.wire();
         t.write_certificates();
@@ -432,6 +435,13 @@ impl Topology {
         self.client_extra.push_str(toml);
     }
 
+    /// Set the client config's `session.exit_has_ipv6` for the next
+    /// [`Topology::start_client`]: with `true` the client carries IPv6 flows to the exit
+    /// (which has no IPv6 route, so only its policy decides what is refused before a dial).
+    pub fn client_exit_has_ipv6(&mut self, yes: bool) {
+        self.exit_has_ipv6 = yes;
+    }
+
     /// The exit-node process, once started.
     pub fn exit_pid(&self) -> Option<u32> {
         self.exit_pid
@@ -564,8 +574,9 @@ resolv_conf = "{resolv}"
 [session]
 reconnect_initial = "200ms"
 reconnect_max = "2s"
-# The exit namespace has no IPv6: IPv6 must be refused inside the tunnel.
-exit_has_ipv6 = false
+# The exit namespace has no IPv6: IPv6 must be refused inside the tunnel (unless a test
+# sets it to exercise the exit's policy on IPv6 destinations).
+exit_has_ipv6 = {v6}
 
 [runtime]
 control_socket = "{control}"
@@ -575,6 +586,7 @@ journal_dir = "{journal}"
 stats_interval = "5s"
 {extra}"#,
             extra = self.client_extra,
+            v6 = self.exit_has_ipv6,
             key = self.file("client.key"),
             relay_a = addr::RELAY_A,
             relay_b = addr::RELAY_B,
@@ -587,13 +599,13 @@ stats_interval = "5s"
     }
 
     /// Start `vpn-client up` with the config [`Topology::prepare_client`] wrote.
-    pub fn spawn_client(&mut self) {
+    pub fn spawn_client(&self) {
         let pid = self.client.spawn_logged(
             &bin("vpn-client"),
             &["up", "--config", &self.file("client.toml")],
             &self.path("vpn-client.log"),
         );
-        self.client_pid = Some(pid);
+        *self.client_pid.lock().expect("client pid lock") = Some(pid);
     }
 
     /// Wait until an HTTP GET from the client to inet succeeds (only possible through
@@ -606,7 +618,7 @@ stats_interval = "5s"
             if out.ok && out.stdout.contains("status=200") {
                 return;
             }
-            if let Some(pid) = self.client_pid {
+            if let Some(pid) = self.client_pid() {
                 assert!(self.client.running(pid), "vpn-client exited during start");
             }
             if let Some(pid) = self.exit_pid {
@@ -623,7 +635,7 @@ stats_interval = "5s"
 
     /// The vpn-client process, once started.
     pub fn client_pid(&self) -> Option<u32> {
-        self.client_pid
+        *self.client_pid.lock().expect("client pid lock")
     }
 
     /// `vpn-client status` output (plain text).
@@ -638,14 +650,14 @@ stats_interval = "5s"
     /// Stop the client with SIGTERM and wait for it (it must tear down within 2 s, issue 5);
     /// its exit status.
     pub fn stop_client(&mut self) -> Option<std::process::ExitStatus> {
-        let pid = self.client_pid.take()?;
+        let pid = self.client_pid.lock().expect("client pid lock").take()?;
         self.client.stop(pid, "TERM", Duration::from_secs(3))
     }
 
     /// Send `signal` (e.g. "KILL") to vpn-client and wait up to 3 s for it to exit; its
     /// exit status (`None` if it did not exit or was not running).
     pub fn signal_client(&mut self, signal: &str) -> Option<std::process::ExitStatus> {
-        let pid = self.client_pid.take()?;
+        let pid = self.client_pid.lock().expect("client pid lock").take()?;
         self.client.stop(pid, signal, Duration::from_secs(3))
     }
 
@@ -756,7 +768,8 @@ impl Drop for Topology {
             use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "{}", self.logs(60));
         }
-        if let Some(pid) = self.client_pid.take() {
+        let pid = self.client_pid.lock().map(|mut p| p.take()).unwrap_or(None);
+        if let Some(pid) = pid {
             let _ = self.client.stop(pid, "TERM", Duration::from_secs(3));
         }
         let _ = std::fs::remove_dir_all(&self.netns_etc);
@@ -820,7 +833,17 @@ impl<'a> Capture<'a> {
         let log = dir.join(format!("capture-{n}.log"));
         let pid = ns.spawn_logged(
             "tcpdump",
-            &["-i", iface, "-n", "-U", "-w", &file.to_string_lossy()],
+            // --immediate-mode: packets reach the file at once, not when the kernel retires
+            // a ring block (up to a second later, and never if tcpdump stops first).
+            &[
+                "-i",
+                iface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-w",
+                &file.to_string_lossy(),
+            ],
             &log,
         );
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -838,6 +861,8 @@ impl<'a> Capture<'a> {
 
     /// Stop and return one line per packet (`tcpdump -n -r`).
     pub fn stop(self) -> Vec<String> {
+        // Let tcpdump drain what the kernel already queued for it: SIGINT does not.
+        std::thread::sleep(Duration::from_millis(100));
         self.ns
             .stop(self.pid, "INT", Duration::from_secs(5))
             .expect("tcpdump stops on SIGINT");

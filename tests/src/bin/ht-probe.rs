@@ -2,7 +2,8 @@
 //!
 //! * `ht-probe udp-echo ADDR` — echo every datagram back (runs until killed);
 //! * `ht-probe tcp-echo ADDR` — echo every connection's bytes back (runs until killed);
-//! * `ht-probe udp ADDR TEXT` — send TEXT, print the reply; exit 1 without one in 2 s;
+//! * `ht-probe udp ADDR TEXT` — send TEXT, print the reply; exit 1 without one in 2 s
+//!   (IPv4 sockets have SO_BROADCAST set, so broadcast addresses can be tried too);
 //! * `ht-probe tcp HOST:PORT TEXT` — connect (names via the system resolver), send TEXT, half-close, print the reply;
 //! * `ht-probe get HOST:PORT PATH` — HTTP GET (the host is resolved by the system
 //!   resolver), stream the body into SHA-256 and print
@@ -86,6 +87,10 @@ fn udp_once(addr: &str, text: &str) -> Result {
     };
     let sock = UdpSocket::bind(bind)?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // So that 255.255.255.255 (and other broadcast targets) can be tried like any address.
+    if !addr.starts_with('[') {
+        sock.set_broadcast(true)?;
+    }
     sock.connect(addr)?;
     sock.send(text.as_bytes())?;
     let mut buf = vec![0u8; 65536];

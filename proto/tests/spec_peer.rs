@@ -398,8 +398,7 @@ fn a_malformed_frame_in_a_record_is_a_session_error() {
     assert_eq!(e.scope(), Scope::Session, "{e:?}");
 }
 
-/// BUG / design gap (proto/src/connection/mod.rs `queue`, `on_frame` → `Frame::Ping`):
-/// frames the core queues in answer to the peer (`Pong` for every `Ping`, `Reset
+/// Frames the core queues in answer to the peer (`Pong` for every `Ping`, `Reset
 /// {TooManyStreams}` for every excess `Open`) bypass the send budget of §10, and sealed
 /// records stay until the peer acknowledges them. An authenticated client that fills its
 /// records with pings and never acknowledges makes the exit's memory grow without bound
@@ -408,7 +407,6 @@ fn a_malformed_frame_in_a_record_is_a_session_error() {
 /// outstanding `Pong` (e.g. only the latest ping id), coalesce excess-stream resets, or
 /// count these frames against the budget and end the session when a peer exceeds it.
 #[test]
-#[ignore = "proto bug: Pong answers bypass the send budget; an unacknowledging pinger grows exit memory"]
 fn pings_from_a_peer_that_never_acknowledges_stay_within_the_budget() {
     let limits = Limits {
         stream_window: 4_096,
@@ -435,14 +433,12 @@ fn pings_from_a_peer_that_never_acknowledges_stay_within_the_budget() {
     );
 }
 
-/// Design gap (proto/src/config.rs `PeerLimits::check` has lower bounds only): what the
-/// exit may hold for one session is bounded by the limits the *client* announces, up to
+/// What the exit may hold for one session is bounded by the limits the *client* announces, up to
 /// `u32::MAX` each. A client announcing 4 GiB windows and a 4 GiB `max_record` lets the
 /// exit take 4 GiB of writes on one stream (and its sender reserves `max_record + 25`
 /// bytes for every record it opens: a 4 GiB allocation). Fix: an upper bound on announced
 /// values (refuse with `BadParameter`, or clamp to local maxima).
 #[test]
-#[ignore = "proto gap: announced peer limits have no upper bound"]
 fn what_the_exit_buffers_is_bounded_by_its_own_settings() {
     let huge = Limits {
         stream_window: u32::MAX,

@@ -21,6 +21,9 @@ use crate::message::{self, Attach, AttachOk, Leg, RECORD_HEADER_LEN, RECORD_OVER
 use stream::{SendState, SessionFlow, Stream};
 use tx::{AckState, Tx};
 
+/// Budget an answer to the peer needs: the frame, an `Ack` and a record's overhead.
+const CONTROL_RESERVE: usize = 64;
+
 /// Acknowledge at once after this many ack-eliciting records.
 pub(crate) const ACK_EVERY: u32 = 4;
 
@@ -322,7 +325,12 @@ impl Connection {
         Connection {
             role,
             id,
-            tx: Tx::new(key(tx_secret), peer.max_record as usize, now),
+            // Never more than our own limit, whatever the peer announced (§10).
+            tx: Tx::new(
+                key(tx_secret),
+                peer.max_record.min(settings.max_record) as usize,
+                now,
+            ),
             rx_key: key(rx_secret),
             ack: AckState::default(),
             attach_key_client: crypto::mac_key(&secrets.attach_client),
@@ -672,7 +680,12 @@ impl Connection {
         let exit = self.role == Role::Exit;
         match frame {
             Frame::Padding(_) => {}
-            Frame::Ping { id } => self.queue(Frame::Pong { id }),
+            // A peer that pings but never acknowledges gets no more answers once our
+            // budget is spent: answers are the peer's to pace (§8.1, §10).
+            Frame::Ping { id } if self.write_budget() >= CONTROL_RESERVE => {
+                self.queue(Frame::Pong { id })
+            }
+            Frame::Ping { .. } => {}
             Frame::Pong { id } => self.on_pong(now, id),
             Frame::Ack { next } => self.on_ack(next)?,
             Frame::Open { id, kind, dest } if exit => self.on_open(id, kind, dest)?,
@@ -726,6 +739,9 @@ impl Connection {
         }
         self.highest_peer_stream = id.0;
         if self.streams.len() >= self.settings.max_streams as usize {
+            if self.write_budget() < CONTROL_RESERVE {
+                return self.violation("opens streams past the limit without acknowledging");
+            }
             self.queue(Frame::Reset {
                 id,
                 code: ResetCode::TooManyStreams,
@@ -865,7 +881,10 @@ impl Connection {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let leg = self.send_leg?;
         if self.tx.cursor == self.tx.next_counter {
-            if self.tx.has_open() || self.ack.due(now) {
+            // An ack-only record needs budget too: a peer that never acknowledges must not
+            // make us pile up acknowledgements (§10).
+            let ack_only = self.ack.due(now) && self.write_budget() >= CONTROL_RESERVE;
+            if self.tx.has_open() || ack_only {
                 self.tx.seal(&mut self.ack);
             } else {
                 return None;
@@ -889,11 +908,11 @@ impl Connection {
             return None;
         }
         let s = &self.settings;
-        // Acknowledgements can only leave on a send leg.
-        let mut t = self
-            .ack
-            .deadline
-            .filter(|_| self.send_leg.is_some() && self.ack.owed());
+        // Acknowledgements can only leave on a send leg, and only within budget (an
+        // armed timer that could not act would spin the driver).
+        let ack_can_go =
+            self.send_leg.is_some() && self.ack.owed() && self.write_budget() >= CONTROL_RESERVE;
+        let mut t = self.ack.deadline.filter(|_| ack_can_go);
         let mut at = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -1045,9 +1064,16 @@ impl Connection {
     /// Bytes this session may still queue for sending: the peer's session window bounds
     /// what is unacknowledged, so memory stays bounded whatever the peer does.
     fn write_budget(&self) -> usize {
-        let cap = self.negotiated.peer.session_window as usize
-            + 2 * self.negotiated.peer.max_record as usize;
-        cap.saturating_sub(self.tx.pending_bytes())
+        self.send_cap().saturating_sub(self.tx.pending_bytes())
+    }
+
+    /// The most this side holds for the peer: the peer's session window, bounded by our
+    /// own (so a peer announcing huge windows cannot make us buffer more), plus two
+    /// records (§10).
+    fn send_cap(&self) -> usize {
+        let peer = self.negotiated.peer;
+        let window = peer.session_window.min(self.settings.session_window) as usize;
+        window + 2 * self.tx.max_plain()
     }
 
     /// Write to a stream; returns how many bytes were taken (possibly 0). A short write

@@ -70,6 +70,11 @@ impl Tx {
         self.max_plain - ACK_RESERVE - self.open_len()
     }
 
+    /// The largest record plaintext this side builds.
+    pub fn max_plain(&self) -> usize {
+        self.max_plain
+    }
+
     /// Room in a fresh record.
     pub fn max_frame(&self) -> usize {
         self.max_plain - ACK_RESERVE

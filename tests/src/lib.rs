@@ -4,6 +4,7 @@
 //! loopback; nothing is sent to any other address. Depends on the binaries, never on the
 //! internet.
 
+pub mod bench;
 pub mod netns;
 pub mod payload;
 pub mod topology;

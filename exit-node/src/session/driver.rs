@@ -57,6 +57,8 @@ pub(crate) enum Input {
     Wrote { id: StreamId },
     /// A datagram from a UDP destination.
     Udp { id: StreamId, data: Bytes },
+    /// An echo reply (`None`: refused, no reply, or echo unavailable).
+    EchoReply { id: u32, data: Option<Vec<u8>> },
     /// A DNS answer (`None`: the query was not DNS).
     DnsAnswer { id: u32, msg: Option<Vec<u8>> },
     /// End the session.
@@ -97,6 +99,8 @@ pub(crate) struct Driver {
     /// A transmit whose leg queue was full.
     stalled: Option<Transmit>,
     flows: HashMap<StreamId, Flow>,
+    /// Echo requests in flight.
+    echoes: usize,
 }
 
 impl Driver {
@@ -117,6 +121,7 @@ impl Driver {
             generation: 0,
             stalled: None,
             flows: HashMap::new(),
+            echoes: 0,
         }
     }
 
@@ -329,6 +334,12 @@ impl Driver {
                     let _ = self.conn.send_datagram(id, data);
                 }
             }
+            Input::EchoReply { id, data } => {
+                self.echoes = self.echoes.saturating_sub(1);
+                if let Some(data) = data {
+                    let _ = self.conn.send_echo_reply(id, data.into());
+                }
+            }
             Input::DnsAnswer { id, msg } => {
                 if let Some(msg) = msg {
                     self.hub.metrics.dns_queries.inc();
@@ -467,9 +478,7 @@ impl Driver {
                 }
                 Event::Datagram { id, data } => self.on_datagram(id, data),
                 Event::DnsQuery { id, msg } => self.on_dns(id, msg),
-                Event::EchoRequest { dest, .. } => {
-                    tracing::debug!(session = %self.conn.session_id(), %dest, "echo forwarding is not available on this exit; dropped");
-                }
+                Event::EchoRequest { id, dest, data } => self.on_echo(id, dest, data),
                 Event::LegDead { leg, reason } => self.drop_leg(leg, &format!("{reason:?}")),
                 Event::Closed {
                     code,
@@ -510,6 +519,31 @@ impl Driver {
         };
         flow.last_active = now;
         flow.send_datagram(data);
+    }
+
+    fn on_echo(&mut self, id: u32, dest: std::net::IpAddr, data: Bytes) {
+        if self.echoes >= super::echo::MAX_ECHOES {
+            return;
+        }
+        self.echoes += 1;
+        let dialer = self.hub.dialer();
+        let key = self.client.key;
+        let inbox = self.inbox.clone();
+        let session = self.conn.session_id();
+        tokio::spawn(async move {
+            let target = crate::dial::Target::Addr(SocketAddr::new(dest, 0));
+            let data = match dialer
+                .allowed_addrs(&key, &target, crate::policy::Transport::Udp)
+                .await
+            {
+                Ok(addrs) => super::echo::echo(addrs[0].ip(), &data).await,
+                Err(e) => {
+                    tracing::info!(%session, %dest, error = %e, "echo refused");
+                    None
+                }
+            };
+            let _ = inbox.send(Input::EchoReply { id, data }).await;
+        });
     }
 
     fn on_dns(&mut self, id: u32, msg: Bytes) {

@@ -11,6 +11,7 @@
 //! with WebSocket close code 4404, so a client knows to start a new session.
 
 mod driver;
+mod echo;
 mod streams;
 
 use std::collections::HashMap;

@@ -50,7 +50,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 9000)]
     mtu: u32,
     /// Offered UDP rate (iperf3 -b).
-    #[arg(long, default_value = "1G")]
+    #[arg(long, default_value = "200M")]
     udp_rate: String,
     /// Idle flows held for the memory figure (default 10000; 2000 with --quick).
     #[arg(long)]

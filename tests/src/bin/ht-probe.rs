@@ -14,7 +14,10 @@
 //!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
 //! * `ht-probe dns SERVER NAME [udp|tcp]` — ask SERVER for NAME's A records, print
 //!   `rcode=R` and one address per line;
-//! * `ht-probe wait ADDR SECS` — retry a TCP connect until it succeeds (exit 1 after SECS).
+//! * `ht-probe wait ADDR SECS` — retry a TCP connect until it succeeds (exit 1 after SECS);
+//! * `ht-probe ping IP TEXT` — one ICMP/ICMPv6 echo with payload TEXT through a ping
+//!   socket (the namespace's `net.ipv4.ping_group_range` must allow it), print
+//!   `reply=TEXT`; exit 1 without a reply in 3 s.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -39,10 +42,11 @@ fn main() -> ExitCode {
         ["dns", server, name] => dns(server, name, "udp"),
         ["dns", server, name, transport] => dns(server, name, transport),
         ["wait", addr, secs] => wait(addr, secs),
+        ["ping", ip, text] => ping(ip, text),
         _ => Err(
             "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
                   get|body HOST:PORT PATH | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp] | \
-                  wait ADDR SECS"
+                  wait ADDR SECS | ping IP TEXT"
                 .into(),
         ),
     };
@@ -288,4 +292,27 @@ fn wait(addr: &str, secs: &str) -> Result {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+fn ping(ip: &str, text: &str) -> Result {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let ip: std::net::IpAddr = ip.parse()?;
+    let (domain, proto, request, reply) = match ip {
+        std::net::IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
+        std::net::IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128, 129),
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(proto))?;
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    socket.connect(&SocketAddr::new(ip, 0).into())?;
+    let mut packet = vec![request, 0, 0, 0, 0, 0, 0, 7];
+    packet.extend_from_slice(text.as_bytes());
+    socket.send(&packet)?;
+    let socket: UdpSocket = socket.into();
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf)?;
+    if n < 8 || buf[0] != reply {
+        return Err(format!("not an echo reply: type {}", buf[0]).into());
+    }
+    println!("reply={}", String::from_utf8_lossy(&buf[8..n]));
+    Ok(())
 }

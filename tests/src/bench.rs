@@ -375,6 +375,22 @@ pub fn cpu_percent(before: &CpuSample, after: &CpuSample, secs: f64) -> (f64, f6
     (pct(after.total.saturating_sub(before.total)), pct(busiest))
 }
 
+/// Busy and total jiffies of the whole machine (`/proc/stat`, all CPUs; idle and iowait
+/// count as not busy).
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((total - idle, total))
+}
+
 /// A process's resident set size in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -385,10 +385,23 @@ fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32) {
         extra.push("-R");
     }
     let before = sample(b, path);
+    let m0 = bench::machine_ticks();
     let t0 = Instant::now();
     let result = iperf(b, path, &extra);
     let wall = t0.elapsed().as_secs_f64();
     let after = sample(b, path);
+    if let (Some((b0, t0)), Some((b1, t1))) = (m0, bench::machine_ticks()) {
+        let busy = 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        let label = format!("  machine CPU busy, all cores ({dir} {streams})");
+        b.record(
+            path,
+            &format!("cpu_{key}_machine"),
+            &label,
+            "%",
+            false,
+            busy,
+        );
+    }
     match result.map(|t| bench::json_number(&t, "sum_received", "bits_per_second")) {
         Ok(Some(bps)) => b.record(path, &key, &label, "Gbit/s", true, bps / 1e9),
         Ok(None) => b.fail(path, &key, &label, "Gbit/s", "no sum_received".into()),
@@ -764,6 +777,19 @@ fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The checked-out commit (with `-dirty` for local changes), for the report.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    git(&["rev-parse", "--short", "HEAD"]) + if dirty { "-dirty" } else { "" }
+}
+
 fn write_json(a: &RunArgs, b: &Bench, took: f64) -> anyhow::Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -774,6 +800,7 @@ fn write_json(a: &RunArgs, b: &Bench, took: f64) -> anyhow::Result<()> {
         .unwrap_or_default();
     let meta = [
         ("date", bench::json_string(&date)),
+        ("commit", bench::json_string(&commit())),
         ("kernel", bench::json_string(kernel.trim())),
         ("cpus", cpus.to_string()),
         ("runs", b.plan.runs.to_string()),

@@ -788,7 +788,7 @@ pub fn json(meta: &[(&str, String)], figures: &[Figure]) -> String {
     )
 }
 
-/// Pass the string through [`json_str`] (for `meta` values).
+/// Pass the string through `json_str` (for `meta` values).
 pub fn json_string(s: &str) -> String {
     json_str(s)
 }

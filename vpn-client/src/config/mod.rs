@@ -100,7 +100,7 @@ pub struct LegConfig {
 pub struct TunConfig {
     /// Interface name.
     pub name: String,
-    /// MTU.
+    /// MTU, 1280..=65535 (largest is fastest for local traffic, see docs/BENCHMARKS.md).
     pub mtu: u32,
     /// IPv4 address of the tunnel.
     pub address_v4: Ipv4Net,
@@ -112,7 +112,7 @@ impl Default for TunConfig {
     fn default() -> Self {
         TunConfig {
             name: "ht0".into(),
-            mtu: 9000,
+            mtu: 65535,
             address_v4: "172.19.0.1/30".parse().expect("literal"),
             address_v6: "fd00:4854::1/126".parse().expect("literal"),
         }

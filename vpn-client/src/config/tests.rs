@@ -16,7 +16,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.tun.mtu, 9000);
+    assert_eq!(c.tun.mtu, 65535);
     assert_eq!(c.dns.intercept, Intercept::All);
     assert_eq!(c.routing.fwmark, 0x4854);
     assert!(!c.kill_switch());

@@ -47,7 +47,7 @@ struct RunArgs {
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
     /// The client's TUN MTU (`[tun] mtu`).
-    #[arg(long, default_value_t = 9000)]
+    #[arg(long, default_value_t = 65535)]
     mtu: u32,
     /// Offered UDP rate (iperf3 -b).
     #[arg(long, default_value = "200M")]

@@ -168,7 +168,7 @@ impl Hub {
             (
                 s + st.streams,
                 up + st.legs[0].bytes_rx,
-                down + st.legs[1].bytes_tx + st.legs[0].bytes_tx,
+                down + down_bytes(st),
             )
         })
     }
@@ -202,6 +202,11 @@ impl Hub {
         lock(&self.sessions).remove(&id);
         self.metrics.sessions.set(self.session_count() as i64);
     }
+}
+
+/// Record bytes sent to the client: on the down leg, or the up leg in fallback.
+fn down_bytes(st: &proto::Stats) -> u64 {
+    st.legs[1].bytes_tx + st.legs[0].bytes_tx
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -440,7 +445,7 @@ impl SessionAdmin for Hub {
                     st.legs[1].attached,
                     st.streams,
                     st.legs[0].bytes_rx,
-                    st.legs[1].bytes_tx + st.legs[0].bytes_tx,
+                    down_bytes(st),
                 )
             })
             .collect();

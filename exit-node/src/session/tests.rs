@@ -164,12 +164,7 @@ struct Client {
 
 impl Client {
     async fn connect(s: &Setup) -> Client {
-        let cfg = ClientConfig {
-            private_key: s.client_private,
-            exit_public_key: s.exit_public,
-            psk: None,
-            settings: proto::Settings::default(),
-        };
+        let cfg = client_config(s);
         let mut up = ws_plain(s.node.listening.up, "/u").await;
         let (hs, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
         up.send(Message::Binary(init)).await.unwrap();
@@ -503,12 +498,7 @@ async fn unknown_sessions_and_junk_get_no_protocol_answer() {
         .unwrap();
     assert_eq!(next_binary(&mut ws).await, None);
     // A replayed handshake: no answer either.
-    let cfg = ClientConfig {
-        private_key: s.client_private,
-        exit_public_key: s.exit_public,
-        psk: None,
-        settings: proto::Settings::default(),
-    };
+    let cfg = client_config(&s);
     let (_, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
     for expect_answer in [true, false] {
         let mut ws = ws_plain(s.node.listening.up, "/u").await;
@@ -548,12 +538,7 @@ async fn a_revoked_key_ends_its_session_and_cannot_reconnect() {
         ),
         "{closed:?}"
     );
-    let cfg = ClientConfig {
-        private_key: s.client_private,
-        exit_public_key: s.exit_public,
-        psk: None,
-        settings: proto::Settings::default(),
-    };
+    let cfg = client_config(&s);
     let (_, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
     let mut ws = ws_plain(s.node.listening.up, "/u").await;
     ws.send(Message::Binary(init)).await.unwrap();

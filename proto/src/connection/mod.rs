@@ -1084,13 +1084,9 @@ impl Connection {
         if s.send != SendState::Open || s.kind != StreamKind::Tcp {
             return Err(Error::StreamState(id.0));
         }
-        let credit = s.credit().min(self.flow.credit());
-        let allowed = usize::try_from(credit)
-            .unwrap_or(usize::MAX)
-            .min(self.write_budget());
+        let end = data.len().min(self.stream_writable(id)?);
         let mut taken = 0;
-        while taken < data.len().min(allowed) {
-            let end = data.len().min(allowed);
+        while taken < end {
             taken += self.tx.push_data(id, &data[taken..end], &mut self.ack);
         }
         let s = self

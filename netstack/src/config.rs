@@ -38,8 +38,12 @@ pub struct Config {
     pub tcp_tx_buffer: usize,
     /// Maximum TCP flows (pending + open). SYNs beyond it are answered with RST.
     pub max_tcp_flows: usize,
-    /// Maximum bytes of TCP buffers across all flows; SYNs that would exceed it
-    /// are answered with RST.
+    /// Maximum bytes of TCP buffers reserved across all flows (each accepted or
+    /// pending flow reserves `tcp_rx_buffer + tcp_tx_buffer`); SYNs that would exceed
+    /// it are answered with RST. Buffers are committed lazily (a page when data first
+    /// reaches it) and returned when the flow is reclaimed, so this bounds the worst
+    /// case (every buffer full), not the typical cost. The default (4 GiB on 64-bit)
+    /// admits `max_tcp_flows` flows at the default buffer sizes.
     pub max_buffer_memory: usize,
     /// How long a SYN waits for [`Stack::tcp_accept`](crate::Stack::tcp_accept) /
     /// [`Stack::tcp_refuse`](crate::Stack::tcp_refuse) before the flow is dropped.
@@ -81,7 +85,11 @@ impl Default for Config {
             tcp_rx_buffer: 128 * 1024,
             tcp_tx_buffer: 128 * 1024,
             max_tcp_flows: 16 * 1024,
-            max_buffer_memory: 1024 * 1024 * 1024,
+            max_buffer_memory: if cfg!(target_pointer_width = "64") {
+                4 << 30
+            } else {
+                1 << 30
+            },
             tcp_accept_timeout: Duration::from_secs(10),
             tcp_idle_timeout: Some(Duration::from_secs(2 * 3600)),
             tcp_keepalive: Some(Duration::from_secs(60)),

@@ -48,6 +48,7 @@
 //!   buffer (the caller not calling `tcp_recv` closes it); `tcp_send` takes only
 //!   what fits and [`Event::TcpWritable`] says when to try again.
 
+mod buffer;
 mod build;
 mod checksum;
 mod config;

@@ -1,14 +1,15 @@
 //! The [`Stack`]: one smoltcp `Interface`, sharded socket sets, flow tables.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
+use crate::buffer::FlowBuffers;
 use crate::config::Config;
 use crate::device::{self, QueueDevice};
 use crate::dns::DnsTable;
@@ -37,7 +38,10 @@ pub(crate) const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// linear scan, so sockets are spread over shards by 4-tuple hash and each shard
 /// is polled with only its own sockets.
 pub(crate) struct Shard {
+    /// Its TCP sockets' buffers point into `buffers`: add and remove TCP sockets
+    /// only with `Shard::add_tcp_socket` / `Shard::remove_socket` (in `buffer.rs`).
     pub sockets: SocketSet<'static>,
+    pub buffers: HashMap<SocketHandle, FlowBuffers>,
     pub rx: VecDeque<Vec<u8>>,
     pub flows: Vec<crate::event::TcpFlowId>,
     pub dirty: bool,
@@ -352,6 +356,7 @@ impl Shard {
     fn new() -> Self {
         Self {
             sockets: SocketSet::new(Vec::new()),
+            buffers: HashMap::new(),
             rx: VecDeque::new(),
             flows: Vec::new(),
             dirty: false,

@@ -203,8 +203,17 @@ impl Stack {
         let Some(dst) = self.tcp.flows.get(&id).map(|f| f.key.dst) else {
             return;
         };
-        let socket = self.new_socket(dst);
+        let c = &self.config;
+        let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
+        let configure = socket_setup(c, dst);
+        let Some(handle) = self.shards[shard].add_tcp_socket(rx, tx, configure) else {
+            // The kernel refused the mapping: refuse the flow like any other limit.
+            self.stats.tcp_refused_limit += 1;
+            let _ = self.tcp_refuse(id, Refusal::Reset);
+            return;
+        };
         let Some(flow) = self.tcp.flows.get_mut(&id) else {
+            self.shards[shard].remove_socket(handle);
             return;
         };
         let FlowState::Pending { syn, .. } = std::mem::replace(
@@ -214,36 +223,17 @@ impl Stack {
                 deadline: self.now,
             },
         ) else {
+            // Unreachable: only pending flows get here.
+            self.shards[shard].remove_socket(handle);
             return;
         };
         let sh = &mut self.shards[shard];
-        let handle = sh.sockets.add(socket);
         sh.flows.push(id);
         sh.rx.push_back(syn);
         flow.state = FlowState::Open { handle };
         flow.last_activity = self.now;
         self.stats.tcp_flows_accepted += 1;
         self.poll_shard(shard);
-    }
-
-    fn new_socket(&self, dst: SocketAddr) -> tcp::Socket<'static> {
-        let c = &self.config;
-        let rx = tcp::SocketBuffer::new(vec![0; c.tcp_rx_buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0; c.tcp_tx_buffer]);
-        let mut s = tcp::Socket::new(rx, tx);
-        let dur =
-            |d: std::time::Duration| smoltcp::time::Duration::from_micros(d.as_micros() as u64);
-        s.set_nagle_enabled(false);
-        s.set_ack_delay(c.tcp_ack_delay.map(dur));
-        s.set_keep_alive(c.tcp_keepalive.map(dur));
-        s.set_timeout(c.tcp_timeout.map(dur));
-        let ep = IpListenEndpoint {
-            addr: Some(dst.ip().into()),
-            port: dst.port(),
-        };
-        // Only fails for port 0, which `classify` rejects.
-        let _ = s.listen(ep);
-        s
     }
 
     /// Refuses a flow reported by [`Event::TcpIncoming`]; the app sees `how`.
@@ -386,7 +376,7 @@ impl Stack {
         self.stats.tcp_flows_reclaimed += 1;
         if let Some(handle) = flow.handle() {
             let shard = &mut self.shards[flow.shard];
-            shard.sockets.remove(handle);
+            shard.remove_socket(handle);
             if let Some(i) = shard.flows.iter().position(|f| *f == id) {
                 shard.flows.swap_remove(i);
             }
@@ -518,5 +508,30 @@ fn report_io(
     if flow.want_writable && socket.may_send() && free_space(socket) >= socket.send_capacity() / 4 {
         flow.want_writable = false;
         events.push_back(Event::TcpWritable { id });
+    }
+}
+
+/// Sets up a fresh socket: our options, listening on exactly `dst`.
+fn socket_setup(
+    c: &crate::Config,
+    dst: SocketAddr,
+) -> impl FnOnce(&mut tcp::Socket<'static>) + use<> {
+    let dur = |d: std::time::Duration| smoltcp::time::Duration::from_micros(d.as_micros() as u64);
+    let (ack_delay, keep_alive, timeout) = (
+        c.tcp_ack_delay.map(dur),
+        c.tcp_keepalive.map(dur),
+        c.tcp_timeout.map(dur),
+    );
+    move |s| {
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(ack_delay);
+        s.set_keep_alive(keep_alive);
+        s.set_timeout(timeout);
+        let ep = IpListenEndpoint {
+            addr: Some(dst.ip().into()),
+            port: dst.port(),
+        };
+        // Only fails for port 0, which `classify` rejects.
+        let _ = s.listen(ep);
     }
 }

@@ -5,6 +5,7 @@
 //! internet.
 
 pub mod bench;
+pub mod multi;
 pub mod impair;
 pub mod netns;
 pub mod payload;

@@ -200,7 +200,13 @@ impl Drop for Netns {
 /// Join `a` and `b` with a veth pair named `<a_if>`/`<b_if>` and give each end addresses
 /// (CIDR strings, IPv4 or IPv6). IPv6 DAD is disabled so addresses are usable at once.
 pub fn link(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) {
-    let tmp = format!("htv{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    // Created in the caller's namespace (shared by every test process) before being moved:
+    // unique across processes too, within IFNAMSIZ (15) with the "p" of the peer.
+    let tmp = format!(
+        "htv{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     run(Command::new("ip").args([
         "link",
         "add",

@@ -179,6 +179,8 @@ pub struct Topology {
     exit_pid: Option<u32>,
     /// Extra TOML appended to the client's config (e.g. `[kill_switch]`).
     client_extra: String,
+    /// Extra TOML appended to the exit's config (e.g. `[limits]`, more `[[clients]]`).
+    exit_extra: String,
     /// The client config's `session.exit_has_ipv6` (false: the exit namespace has none).
     exit_has_ipv6: bool,
     /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
@@ -202,6 +204,7 @@ impl Topology {
             client_pid: std::sync::Mutex::new(None),
             exit_pid: None,
             client_extra: String::new(),
+            exit_extra: String::new(),
             exit_has_ipv6: false,
         };
         t.wire();
@@ -435,6 +438,13 @@ impl Topology {
         self.client_extra.push_str(toml);
     }
 
+    /// Append `toml` to the exit config written by the next [`Topology::start_exit`] (e.g.
+    /// `"[limits]\nupgrade_timeout = \"2s\"\n"` or another `[[clients]]` entry). The
+    /// topology's own config has no `[limits]` or `[session]` table.
+    pub fn exit_config_extra(&mut self, toml: &str) {
+        self.exit_extra.push_str(toml);
+    }
+
     /// Set the client config's `session.exit_has_ipv6` for the next
     /// [`Topology::start_client`]: with `true` the client carries IPv6 flows to the exit
     /// (which has no IPv6 route, so only its policy decides what is refused before a dial).
@@ -519,7 +529,8 @@ address = "127.0.0.1:{admin}"
 
 [log]
 stats_interval = "5s"
-"#,
+{extra}"#,
+            extra = self.exit_extra,
             key = self.file("exit.key"),
             up = addr::EXIT_UP,
             up_port = port::EXIT_UP,

@@ -231,14 +231,9 @@ fn unix_now() -> Duration {
 async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
     let deadline = hub.limits.handshake_timeout;
     let first = match tokio::time::timeout(deadline, first_binary(&mut sock.ws)).await {
-        Ok(Some(msg)) => msg,
-        Ok(None) => {
-            return hub.reject(
-                sock.peer,
-                sock.leg,
-                "no_message",
-                &"closed before a message",
-            );
+        Ok(Ok(msg)) => msg,
+        Ok(Err(NoFirst { reason, detail })) => {
+            return hub.reject(sock.peer, sock.leg, reason, &detail);
         }
         Err(_) => return hub.reject(sock.peer, sock.leg, "timeout", &"no first message in time"),
     };
@@ -256,15 +251,32 @@ async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
     }
 }
 
-async fn first_binary(ws: &mut LegStream) -> Option<Bytes> {
+/// Why a leg sent no first binary message: a fixed reason (metric label) and the detail
+/// for the log line.
+struct NoFirst {
+    reason: &'static str,
+    detail: String,
+}
+
+/// The leg's first binary message (pings and pongs are skipped).
+async fn first_binary(ws: &mut LegStream) -> Result<Bytes, NoFirst> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let no = |reason, detail: &dyn std::fmt::Display| NoFirst {
+        reason,
+        detail: detail.to_string(),
+    };
     while let Some(msg) = ws.next().await {
-        match msg.ok()? {
-            Message::Binary(b) => return Some(b),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            _ => return None,
+        match msg {
+            Ok(Message::Binary(b)) => return Ok(b),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            Ok(Message::Text(_)) => return Err(no("bad_first_message", &"a text message")),
+            Ok(Message::Close(_)) => return Err(no("no_message", &"closed before a message")),
+            Err(e @ WsError::Capacity(_)) => return Err(no("oversized", &e)),
+            Err(e @ WsError::Protocol(_)) => return Err(no("bad_frame", &e)),
+            Err(e) => return Err(no("no_message", &e)),
         }
     }
-    None
+    Err(no("no_message", &"closed before a message"))
 }
 
 async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {

@@ -13,6 +13,10 @@
 //!   DHCP server replies and established traffic towards the LAN interfaces.
 //! * `forward` (router mode): LAN → TUN and its replies, with MSS clamping to the route
 //!   MTU; policy drop when the kill switch is on.
+//! * `lan_dns` (router mode, nat prerouting): DNS that LAN hosts send to this host (TCP or
+//!   UDP port 53 to any of its local addresses, the usual DHCP-announced resolver) is
+//!   redirected to the virtual resolvers inside the TUN, so it is answered through the
+//!   tunnel like the host's own queries (nothing listens on port 53 here otherwise).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -35,6 +39,9 @@ pub struct FirewallConfig {
     pub lan_interfaces: Vec<String>,
     /// The TUN's own addresses: packets to them from any other interface are dropped.
     pub tun_addresses: Vec<IpAddr>,
+    /// Router mode: where DNS from the LAN to this host's own addresses is redirected (the
+    /// virtual resolvers, one per family; empty: no redirect).
+    pub lan_dns: Vec<IpAddr>,
 }
 
 impl FirewallConfig {
@@ -47,6 +54,7 @@ impl FirewallConfig {
             kill_switch: true,
             lan_interfaces: Vec::new(),
             tun_addresses: Vec::new(),
+            lan_dns: Vec::new(),
         }
     }
 
@@ -67,6 +75,9 @@ impl FirewallConfig {
         }
         if !self.lan_interfaces.is_empty() {
             s += &self.forward_chain();
+            if !self.lan_dns.is_empty() {
+                s += &self.lan_dns_chain();
+            }
         }
         s + "}\n"
     }
@@ -115,6 +126,33 @@ impl FirewallConfig {
             s += &format!(
                 "    oifname {{ {lans} }} udp sport 67 accept comment \"DHCP server\"\n\
                  \x20   oifname {{ {lans} }} ct state established,related accept\n"
+            );
+        }
+        s + "  }\n"
+    }
+
+    fn lan_dns_chain(&self) -> String {
+        let lans = self.lans();
+        let mut s = String::from(
+            "  chain lan_dns {\n    type nat hook prerouting priority dstnat; policy accept;\n",
+        );
+        for addr in &self.lan_dns {
+            let (nfproto, family) = if addr.is_ipv4() {
+                ("ipv4", "ip")
+            } else {
+                ("ipv6", "ip6")
+            };
+            let to = if addr.is_ipv4() {
+                addr.to_string()
+            } else {
+                format!("[{addr}]")
+            };
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                s,
+                "    iifname {{ {lans} }} meta nfproto {nfproto} fib daddr type local \
+                 meta l4proto {{ tcp, udp }} th dport 53 dnat {family} to {to}:53 \
+                 comment \"LAN DNS into the tunnel\""
             );
         }
         s + "  }\n"

@@ -308,6 +308,32 @@ fn route_all_plan_with_include_and_exclude() {
 }
 
 #[test]
+fn router_mode_redirects_lan_dns_to_the_virtual_resolvers() {
+    let fw = FirewallConfig {
+        lan_interfaces: vec!["lan0".into()],
+        lan_dns: vec![
+            "172.19.0.2".parse().unwrap(),
+            "fd00:4854::2".parse().unwrap(),
+        ],
+        ..FirewallConfig::kill_switch(TUN, 0x4854)
+    };
+    let s = fw.script();
+    assert!(s.contains("type nat hook prerouting priority dstnat;"), "{s}");
+    for want in [
+        "iifname { \"lan0\" } meta nfproto ipv4 fib daddr type local meta l4proto { tcp, udp } th dport 53 dnat ip to 172.19.0.2:53",
+        "iifname { \"lan0\" } meta nfproto ipv6 fib daddr type local meta l4proto { tcp, udp } th dport 53 dnat ip6 to [fd00:4854::2]:53",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    // Without a LAN there is nothing to redirect.
+    let no_lan = FirewallConfig {
+        lan_interfaces: vec![],
+        ..fw
+    };
+    assert!(!no_lan.script().contains("lan_dns"));
+}
+
+#[test]
 fn kill_switch_script_is_one_whole_table() {
     let fw = FirewallConfig::kill_switch(TUN, 0x4854);
     let s = fw.script();

@@ -5,8 +5,9 @@
 //! internet.
 
 pub mod bench;
-pub mod multi;
+pub mod extra;
 pub mod impair;
+pub mod multi;
 pub mod netns;
 pub mod payload;
 pub mod topology;

@@ -56,6 +56,8 @@ pub mod addr {
     pub const METADATA: &str = "169.254.169.254";
     /// The client's virtual resolver (the client config default).
     pub const VIRTUAL_RESOLVER: &str = "172.19.0.2";
+    /// The inet host's IPv6 address, once [`crate::extra::inet_ipv6`] gave it one.
+    pub const INET6: &str = "fd40::2";
 }
 
 /// Names in the inet DNS zone, and what they resolve to.
@@ -64,6 +66,8 @@ pub const ZONE_NAMES: &[(&str, &str)] = &[
     ("private", addr::PRIVATE),
     ("meta", addr::METADATA),
     ("own", addr::EXIT_UP),
+    // AAAA only; the address exists once `extra::inet_ipv6` added it.
+    ("www6", addr::INET6),
 ];
 
 /// Ports used inside the namespaces (every namespace has its own port space).
@@ -181,10 +185,14 @@ pub struct Topology {
     client_extra: String,
     /// Extra TOML appended to the exit's config (e.g. `[limits]`, more `[[clients]]`).
     exit_extra: String,
+    /// Extra lines of the exit config's `[egress]` table.
+    exit_egress_extra: String,
     /// The client config's `session.exit_has_ipv6` (false: the exit namespace has none).
     exit_has_ipv6: bool,
     /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
     netns_etc: PathBuf,
+    /// More CIDRs for the exit's `egress.allow_cidrs` (see [`Topology::exit_allow`]).
+    exit_allow: Vec<String>,
 }
 
 impl Topology {
@@ -205,7 +213,9 @@ impl Topology {
             exit_pid: None,
             client_extra: String::new(),
             exit_extra: String::new(),
+            exit_egress_extra: String::new(),
             exit_has_ipv6: false,
+            exit_allow: Vec::new(),
         };
         t.wire();
         t.write_certificates();
@@ -445,11 +455,23 @@ impl Topology {
         self.exit_extra.push_str(toml);
     }
 
+    /// Append `lines` to the `[egress]` table of the exit config written by the next
+    /// [`Topology::start_exit`] (e.g. `"udp_idle_timeout = \"3s\"\n"`); a second `[egress]`
+    /// table via [`Topology::exit_config_extra`] would be invalid TOML.
+    pub fn exit_egress_extra(&mut self, lines: &str) {
+        self.exit_egress_extra.push_str(lines);
+    }
+
     /// Set the client config's `session.exit_has_ipv6` for the next
     /// [`Topology::start_client`]: with `true` the client carries IPv6 flows to the exit
     /// (which has no IPv6 route, so only its policy decides what is refused before a dial).
     pub fn client_exit_has_ipv6(&mut self, yes: bool) {
         self.exit_has_ipv6 = yes;
+    }
+
+    /// Also allow `cidr` in the exit's egress policy (for the next [`Topology::start_exit`]).
+    pub fn exit_allow(&mut self, cidr: &str) {
+        self.exit_allow.push(cidr.to_owned());
     }
 
     /// The exit-node process, once started.
@@ -519,7 +541,8 @@ name = "e2e-client"
 public_key = "{client_public}"
 
 [egress]
-allow_cidrs = ["{inet_net}"]
+allow_cidrs = ["{inet_net}"{more_allowed}]
+{egress_extra}
 
 [dns]
 upstreams = ["{inet}:53"]
@@ -531,12 +554,18 @@ address = "127.0.0.1:{admin}"
 stats_interval = "5s"
 {extra}"#,
             extra = self.exit_extra,
+            egress_extra = self.exit_egress_extra,
             key = self.file("exit.key"),
             up = addr::EXIT_UP,
             up_port = port::EXIT_UP,
             down = addr::EXIT_DOWN,
             down_port = port::EXIT_DOWN,
             inet_net = addr::INET_NET,
+            more_allowed = self
+                .exit_allow
+                .iter()
+                .map(|c| format!(", \"{c}\""))
+                .collect::<String>(),
             inet = addr::INET,
             admin = port::ADMIN,
         );

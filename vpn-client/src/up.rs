@@ -119,6 +119,12 @@ fn apply(
         kill_switch: cfg.kill_switch(),
         lan_interfaces: lan.clone(),
         tun_addresses: vec![tun.address_v4.addr().into(), tun.address_v6.addr().into()],
+        // Router mode: LAN hosts ask this host for DNS; their queries go to the virtual
+        // resolvers, i.e. through the tunnel.
+        lan_dns: vec![
+            cfg.dns.virtual_resolver_v4.into(),
+            cfg.dns.virtual_resolver_v6.into(),
+        ],
         ..FirewallConfig::kill_switch(&tun.name, cfg.routing.fwmark)
     };
     host.firewall(&firewall)?;

@@ -12,8 +12,8 @@
 //! * `ht-probe put HOST:PORT LEN [RATE]` — POST LEN payload bytes to `/upload` (at most
 //!   RATE bytes/s if given), print
 //!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
-//! * `ht-probe dns SERVER NAME [udp|tcp]` — ask SERVER for NAME's A records, print
-//!   `rcode=R` and one address per line;
+//! * `ht-probe dns SERVER NAME [udp|tcp [A|AAAA]]` — ask SERVER for NAME's A (or AAAA)
+//!   records, print `rcode=R` and one address per line;
 //! * `ht-probe wait ADDR SECS` — retry a TCP connect until it succeeds (exit 1 after SECS);
 //! * `ht-probe ping IP TEXT` — one ICMP/ICMPv6 echo with payload TEXT through a ping
 //!   socket (the namespace's `net.ipv4.ping_group_range` must allow it), print
@@ -41,11 +41,13 @@ fn main() -> ExitCode {
         ["put", addr, len, rate] => http_put(addr, len, Some(rate)),
         ["dns", server, name] => dns(server, name, "udp"),
         ["dns", server, name, transport] => dns(server, name, transport),
+        ["dns", server, name, transport, "A"] => dns(server, name, transport),
+        ["dns", server, name, transport, "AAAA"] => dns_typed(server, name, transport, true),
         ["wait", addr, secs] => wait(addr, secs),
         ["ping", ip, text] => ping(ip, text),
         _ => Err(
             "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
-                  get|body HOST:PORT PATH | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp] | \
+                  get|body HOST:PORT PATH | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp [A|AAAA]] | \
                   wait ADDR SECS | ping IP TEXT"
                 .into(),
         ),
@@ -236,10 +238,19 @@ fn http_put(addr: &str, len: &str, rate: Option<&str>) -> Result {
 }
 
 fn dns(server: &str, name: &str, transport: &str) -> Result {
+    dns_typed(server, name, transport, false)
+}
+
+fn dns_typed(server: &str, name: &str, transport: &str, aaaa: bool) -> Result {
     let server: SocketAddr = server.parse()?;
     let mut msg = Message::new();
     msg.set_id(0x4854).set_recursion_desired(true);
-    msg.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let qtype = if aaaa {
+        RecordType::AAAA
+    } else {
+        RecordType::A
+    };
+    msg.add_query(Query::query(Name::from_ascii(name)?, qtype));
     let query = msg.to_vec()?;
     let reply = match transport {
         "udp" => {
@@ -275,8 +286,10 @@ fn dns(server: &str, name: &str, transport: &str) -> Result {
     }
     println!("rcode={}", reply.response_code());
     for answer in reply.answers() {
-        if let RData::A(a) = answer.data() {
-            println!("{}", a.0);
+        match answer.data() {
+            RData::A(a) => println!("{}", a.0),
+            RData::AAAA(a) => println!("{}", a.0),
+            _ => {}
         }
     }
     Ok(())

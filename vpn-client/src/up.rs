@@ -77,6 +77,7 @@ pub fn driver_config(cfg: &Config, fwmark: Option<u32>) -> anyhow::Result<Driver
         },
         stats_interval: cfg.log.stats_interval,
         kill_switch: cfg.kill_switch(),
+        stall_timeout: cfg.session.stall_timeout,
     })
 }
 

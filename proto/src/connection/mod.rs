@@ -398,6 +398,12 @@ impl Connection {
         self.state == State::Closed
     }
 
+    /// When the oldest unacknowledged record was (last) put on the wire, if one is. A
+    /// driver's stall monitor compares it with what arrives on the other leg.
+    pub fn oldest_unacked_sent(&self) -> Option<Instant> {
+        self.tx.oldest_in_flight()
+    }
+
     /// Counters for status and metrics.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();

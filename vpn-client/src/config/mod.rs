@@ -215,6 +215,11 @@ pub struct SessionConfig {
     /// Whether the exit can reach IPv6 destinations. If false, IPv6 connections are
     /// refused inside the tunnel (ICMPv6 unreachable) and never leave the machine.
     pub exit_has_ipv6: bool,
+    /// Reconnect a leg when no data has moved for this long while flows wait (our records
+    /// unacknowledged, or streams open). Must exceed the 5 s keepalive (the exit's pings are
+    /// the least the down leg carries) and stay below the 15 s leg timeout; zero disables.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -224,6 +229,7 @@ impl Default for SessionConfig {
             reconnect_initial: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             exit_has_ipv6: true,
+            stall_timeout: Duration::from_secs(6),
         }
     }
 }
@@ -323,6 +329,19 @@ impl Config {
             return Err((
                 "router.lan_interface",
                 "router mode needs the LAN interface name".into(),
+            ));
+        }
+        let stall = self.session.stall_timeout;
+        let proto = proto::Settings::default();
+        let in_window = stall > proto.keepalive && stall < proto.leg_timeout;
+        if !(stall.is_zero() || in_window) {
+            return Err((
+                "session.stall_timeout",
+                format!(
+                    "expected more than the {:?} keepalive and less than the {:?} leg timeout \
+                     (or \"0s\" to turn the stall monitor off), got {stall:?}",
+                    proto.keepalive, proto.leg_timeout
+                ),
             ));
         }
         if self.session.reconnect_initial > self.session.reconnect_max {

@@ -21,6 +21,16 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.routing.fwmark, 0x4854);
     assert!(!c.kill_switch());
     assert_eq!(c.session.reconnect_max, Duration::from_secs(60));
+    assert_eq!(c.session.stall_timeout, Duration::from_secs(6));
+}
+
+#[test]
+fn stall_timeout_accepts_the_window_between_keepalive_and_leg_timeout_or_off() {
+    let ms = Duration::from_millis;
+    for (value, want) in [("14s", ms(14_000)), ("5500ms", ms(5500)), ("0s", ms(0))] {
+        let text = MINIMAL.to_owned() + &format!("[session]\nstall_timeout = \"{value}\"\n");
+        assert_eq!(parse(&text).unwrap().session.stall_timeout, want, "{value}");
+    }
 }
 
 #[test]
@@ -38,6 +48,7 @@ fn sample_parses_and_matches_the_defaults() {
     assert_eq!(c.kill_switch.enabled, d.kill_switch.enabled);
     assert_eq!(c.session.reconnect_initial, d.session.reconnect_initial);
     assert_eq!(c.session.exit_has_ipv6, d.session.exit_has_ipv6);
+    assert_eq!(c.session.stall_timeout, d.session.stall_timeout);
     assert_eq!(c.runtime.journal_dir, d.runtime.journal_dir);
     assert_eq!(c.log.stats_interval, d.log.stats_interval);
 }
@@ -71,6 +82,14 @@ fn errors_name_file_and_key() {
         (
             MINIMAL.to_owned() + "[tun]\naddress_v4 = \"1.2.3\"\n",
             "address_v4",
+        ),
+        (
+            MINIMAL.to_owned() + "[session]\nstall_timeout = \"20s\"\n",
+            "session.stall_timeout",
+        ),
+        (
+            MINIMAL.to_owned() + "[session]\nstall_timeout = \"5s\"\n",
+            "session.stall_timeout",
         ),
     ];
     for (text, key) in cases {

@@ -231,6 +231,10 @@ pub struct LegSlot {
     pub peer: Option<Connected>,
     pub last_error: Option<String>,
     pub connects: u64,
+    /// Why the transport was last dropped (kept after the leg is back, unlike `last_error`).
+    pub last_reconnect: Option<String>,
+    /// Reconnects ordered by the stall monitor.
+    pub stalls: u64,
 }
 
 impl LegSlot {
@@ -248,6 +252,8 @@ impl LegSlot {
             peer: None,
             last_error: None,
             connects: 0,
+            last_reconnect: None,
+            stalls: 0,
         }
     }
 
@@ -270,6 +276,7 @@ impl LegSlot {
             Breaker::Closed => "",
         };
         tracing::warn!(leg = %self.leg, url = %self.url, "leg down: {why}; retry in {delay:.1?}{breaker}");
+        self.last_reconnect = Some(why.clone());
         self.last_error = Some(why);
         self.phase = Phase::Idle {
             retry_at: now + delay,

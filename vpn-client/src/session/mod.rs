@@ -14,6 +14,7 @@
 //! ```
 
 pub mod legs;
+pub mod stall;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use crate::device::PacketDevice;
 use crate::flows::{Bridge, BridgeConfig};
 use crate::leg::LegEndpoint;
 use legs::{CLOSE_UNKNOWN_SESSION, Ended, LegInput, LegSlot, Phase, Transport};
+use stall::{StallMonitor, Work};
 use status::Status;
 
 /// How long the exit has to answer a handshake or an attach.
@@ -55,6 +57,9 @@ pub struct DriverConfig {
     pub stats_interval: Duration,
     /// Whether the kill switch is on (reported by `status`).
     pub kill_switch: bool,
+    /// How long data may stop moving while work is outstanding before the stuck leg is
+    /// reconnected (zero: off). See [`stall`].
+    pub stall_timeout: Duration,
 }
 
 /// A `status` request: the driver answers with a snapshot.
@@ -76,6 +81,7 @@ struct Driver {
     next_stats: Option<Instant>,
     last_stats: (Instant, u64, u64),
     kill_switch: bool,
+    stall: StallMonitor,
 }
 
 /// Run until `shutdown` resolves; then close the session politely and return.
@@ -136,6 +142,7 @@ impl Driver {
             next_stats: (!config.stats_interval.is_zero()).then(|| now + config.stats_interval),
             last_stats: (now, 0, 0),
             kill_switch: config.kill_switch,
+            stall: StallMonitor::new(config.stall_timeout, now),
         })
     }
 
@@ -307,7 +314,11 @@ impl Driver {
         let Some(conn) = &mut self.conn else {
             return;
         };
-        let Err(e) = conn.handle_record(now, leg, BytesMut::from(data)) else {
+        let result = conn.handle_record(now, leg, BytesMut::from(data));
+        if result.is_ok() && leg == Leg::Down {
+            self.stall.on_down_record(now);
+        }
+        let Err(e) = result else {
             return;
         };
         match e.scope() {
@@ -368,6 +379,7 @@ impl Driver {
         }
         self.advance_legs(now);
         self.flush_transmits(now);
+        self.watch_stalls(now);
         while let Some(pkt) = self.stack.poll_transmit(now) {
             if let Err(e) = dev.send(&pkt).await {
                 tracing::warn!("TUN write failed: {e}");
@@ -488,11 +500,44 @@ impl Driver {
         }
     }
 
+    /// Feed the stall monitor this turn's outstanding work; reconnect the leg it names.
+    fn watch_stalls(&mut self, now: Instant) {
+        let open = self
+            .legs
+            .iter()
+            .all(|s| matches!(s.phase, Phase::Open { .. }));
+        let work = match &self.conn {
+            Some(conn) => {
+                let stats = conn.stats();
+                Work {
+                    armed: open,
+                    unacked: stats.unacked_bytes,
+                    streams: stats.streams,
+                    oldest_unacked: conn.oldest_unacked_sent(),
+                }
+            }
+            None => Work::default(),
+        };
+        self.stall.observe(now, work);
+        let Some(stall) = self.stall.check(now) else {
+            return;
+        };
+        tracing::warn!(leg = %stall.leg, "{stall}; reconnecting");
+        if let Some(conn) = &mut self.conn {
+            // Records in flight on the stuck transport are sent again after the re-attach.
+            conn.leg_lost(now, stall.leg);
+        }
+        let slot = self.slot(stall.leg);
+        slot.stalls += 1;
+        slot.fail(now, Failure::Network, stall.to_string());
+    }
+
     fn next_wakeup(&mut self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let conn = self.conn.as_ref().and_then(Connection::poll_timeout);
         let legs = self.legs.iter().filter_map(LegSlot::deadline);
-        [conn, self.stack.poll_timeout(), self.next_stats]
+        let stall = self.stall.poll_timeout();
+        [conn, self.stack.poll_timeout(), self.next_stats, stall]
             .into_iter()
             .flatten()
             .chain(legs)

@@ -34,8 +34,14 @@ pub struct LegStatus {
     pub failures: u32,
     /// Whether the circuit breaker is open.
     pub breaker_open: bool,
-    /// Why it last failed.
+    /// Why it last failed (cleared once it is attached again).
     pub last_error: Option<String>,
+    /// Why its transport was last dropped and reconnected (kept after it is back).
+    #[serde(default)]
+    pub last_reconnect_reason: Option<String>,
+    /// Reconnects ordered by the stall monitor (no data moving while flows waited).
+    #[serde(default)]
+    pub stall_reconnects: u64,
     /// Record bytes sent and received on it (current session).
     pub bytes_tx: u64,
     /// Record bytes received.
@@ -107,6 +113,8 @@ impl Driver {
                     failures: s.backoff.failures(),
                     breaker_open: s.backoff.breaker() == Breaker::Open,
                     last_error: s.last_error.clone(),
+                    last_reconnect_reason: s.last_reconnect.clone(),
+                    stall_reconnects: s.stalls,
                     bytes_tx: l.bytes_tx,
                     bytes_rx: l.bytes_rx,
                 }
@@ -166,6 +174,13 @@ impl Status {
                     s,
                     "             last error: {e} ({} failures{breaker})",
                     l.failures
+                );
+            }
+            if let Some(why) = &l.last_reconnect_reason {
+                let _ = writeln!(
+                    s,
+                    "             last reconnect: {why} ({} stall reconnects)",
+                    l.stall_reconnects
                 );
             }
         }

@@ -122,6 +122,7 @@ async fn echo_through_the_real_exit_node_with_split_legs() {
         netstack: netstack::Config::default(),
         stats_interval: Duration::ZERO,
         kill_switch: false,
+        stall_timeout: Duration::from_secs(6),
     };
     let (dev, to_driver, mut from_driver) = ChannelDevice::new();
     let (status_tx, status_rx) = mpsc::channel(4);

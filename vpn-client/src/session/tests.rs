@@ -97,10 +97,30 @@ fn leg(addr: SocketAddr, path: &str) -> (LegEndpoint, String) {
     )
 }
 
+/// Ask the driver for a status snapshot.
+async fn status(tx: &mpsc::Sender<StatusRequest>) -> Status {
+    let (req, answer) = oneshot::channel();
+    tx.send(req).await.unwrap();
+    answer.await.unwrap()
+}
+
+/// Wait until the session exists and both legs are attached: a SYN that arrives before
+/// has no session to open a stream on and is refused with a RST (as it would be for a
+/// real app), which the app host does not retry.
+async fn wait_both_legs_up(tx: &mpsc::Sender<StatusRequest>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(tx).await;
+        let up = st.legs.iter().all(|l| l.state == "up");
+        if st.session.is_some() && up {
+            return;
+        }
+        assert!(Instant::now() < deadline, "legs did not come up: {st:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "WIP: session and both legs come up against the real exit, but the app host's \
-            SYN to 127.0.0.1 never becomes a flow (smoltcp loopback handling); needs a \
-            non-loopback destination"]
 async fn echo_through_the_real_exit_node_with_split_legs() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let exit = exit_node().await;
@@ -131,6 +151,7 @@ async fn echo_through_the_real_exit_node_with_split_legs() {
         let _ = stop_rx.await;
     }));
 
+    wait_both_legs_up(&status_tx).await;
     let mut app = AppHost::new();
     let len = 2 * 1024 * 1024;
     let c = app.connect(echo, len, 0);
@@ -161,9 +182,7 @@ async fn echo_through_the_real_exit_node_with_split_legs() {
     }
     assert!(!app.conns[c].corrupt, "echoed bytes differ");
 
-    let (tx, rx) = oneshot::channel();
-    status_tx.send(tx).await.unwrap();
-    let st = rx.await.unwrap();
+    let st = status(&status_tx).await;
     assert!(st.session.is_some());
     let (up, down) = (&st.legs[0], &st.legs[1]);
     assert_eq!((up.state.as_str(), down.state.as_str()), ("up", "up"));

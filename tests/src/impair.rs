@@ -673,6 +673,16 @@ mod tests {
     }
 
     #[test]
+    fn rate_serialises_packets() {
+        let t0 = Instant::now();
+        let mut s = Shaper::new("delay=10ms,rate=1000".parse().unwrap(), 1, Dir::Up);
+        let first = s.admit(t0, packet(500));
+        let second = s.admit(t0, packet(500));
+        assert_eq!(first[0].at, t0 + Duration::from_millis(510));
+        assert_eq!(second[0].at, t0 + Duration::from_millis(1010));
+    }
+
+    #[test]
     fn shaper_loses_delays_duplicates_and_reorders() {
         let t0 = Instant::now();
         let mut all_lost = Shaper::new("loss=100%".parse().unwrap(), 1, Dir::Up);

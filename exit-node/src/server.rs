@@ -61,6 +61,11 @@ pub async fn listen(
         upgrade_timeout: file.limits.upgrade_timeout,
         max_message_size: file.limits.max_message_size,
     };
+    // Without an admin listener the counts go nowhere.
+    let limits_hit = admin
+        .as_ref()
+        .map(|a| a.metrics.limits_hit.clone())
+        .unwrap_or_default();
     let mut by_addr: BTreeMap<SocketAddr, SharedSocket<'_>> = BTreeMap::new();
     for (leg, cfg) in [(Leg::Up, &file.listen.up), (Leg::Down, &file.listen.down)] {
         let entry = by_addr.entry(cfg.address).or_insert_with(|| SharedSocket {
@@ -97,6 +102,7 @@ pub async fn listen(
             routes,
             limits,
             sink.clone(),
+            limits_hit.clone(),
         ));
     }
     let admin_addr = match (admin, &file.admin) {

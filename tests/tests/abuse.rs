@@ -9,7 +9,8 @@
 //! flows of the good client keep working, every abusive socket is closed by the exit within
 //! its configured timeout (counted on the attacker side), the stream cap holds, the exit's
 //! RSS grows by less than `MAX_RSS_GROWTH_KIB`, each refusal is counted by reason on the
-//! admin port and logged, and no log has a panic.
+//! admin port (`handshakes_rejected` for upgraded sockets, also logged; `limits_hit` for
+//! upgrades that time out or are too large), and no log has a panic.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -254,6 +255,12 @@ fn limits_hold_under_abuse_while_a_good_client_is_served() {
     };
     let reasons = ["timeout", "oversized", "bad_first_message", "bad_frame"];
     let before: Vec<f64> = reasons.iter().map(|r| metric(r)).collect();
+    let limit = |reason: &str| {
+        t.exit_counter(&format!(
+            "half_tunnel_exit_limits_hit_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    let limits_before = [limit("upgrade_timeout"), limit("upgrade_too_large")];
     let usage0 = proc_usage(exit_pid);
 
     let good = spawn(
@@ -455,6 +462,18 @@ fn limits_hold_under_abuse_while_a_good_client_is_served() {
             expected[i]
         );
     }
+    // Sockets that never finish the upgrade are counted by the listener.
+    let limits_after = [limit("upgrade_timeout"), limit("upgrade_too_large")];
+    assert_eq!(
+        limits_after[0] - limits_before[0],
+        sum("idle") + sum("slowloris"),
+        "limits_hit{{reason=\"upgrade_timeout\"}}"
+    );
+    assert_eq!(
+        limits_after[1] - limits_before[1],
+        sum("bighead"),
+        "limits_hit{{reason=\"upgrade_too_large\"}}"
+    );
     for name in ["exit-node.log", "vpn-client.log", &c2.log_name()] {
         let text = t.log(name);
         assert!(!text.contains("panicked"), "{name} has a panic");

@@ -3,7 +3,9 @@
 //! The node must look like an ordinary web server to anyone who is not a client: every
 //! request that is not a well-formed WebSocket upgrade on a configured path gets a plain
 //! `404 Not Found` from a real HTTP implementation (hyper) and no protocol bytes. A peer that
-//! does not finish TLS and the upgrade within `upgrade_timeout` is disconnected.
+//! does not finish TLS and the upgrade within `upgrade_timeout` is disconnected, and one
+//! whose request head is too large gets hyper's `431`; both are counted in `limits_hit`
+//! (`upgrade_timeout`, `upgrade_too_large`).
 //!
 //! Accepted legs are handed to the session layer as [`LegSocket`]s over a bounded channel;
 //! when the session layer is saturated the connection is dropped rather than queued.
@@ -28,6 +30,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::admin::ReasonLabel;
+
+/// Where the listener counts connections it ended for a limit (the admin's `limits_hit`).
+pub type LimitsHit = prometheus_client::metrics::family::Family<
+    ReasonLabel,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 /// Which half of a session a connection carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,13 +99,15 @@ pub struct ListenerLimits {
     pub max_message_size: usize,
 }
 
-/// Accept connections on `listener` until the task is dropped, sending upgraded legs to `sink`.
+/// Accept connections on `listener` until the task is dropped, sending upgraded legs to
+/// `sink`; connections ended by a limit are counted in `limits_hit`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     routes: Arc<Routes>,
     limits: ListenerLimits,
     sink: mpsc::Sender<LegSocket>,
+    limits_hit: LimitsHit,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -113,6 +125,7 @@ pub async fn serve(
             routes: routes.clone(),
             limits,
             sink: sink.clone(),
+            limits_hit: limits_hit.clone(),
         };
         tokio::spawn(conn.run(tcp, tls.clone()));
     }
@@ -123,6 +136,7 @@ struct Conn {
     routes: Arc<Routes>,
     limits: ListenerLimits,
     sink: mpsc::Sender<LegSocket>,
+    limits_hit: LimitsHit,
 }
 
 impl Conn {
@@ -134,7 +148,10 @@ impl Conn {
         match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => self.serve_http(stream, true, deadline).await,
             Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                hit(&self.limits_hit, "upgrade_timeout");
+            }
         }
     }
 
@@ -144,6 +161,7 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
+        let limits_hit = self.limits_hit.clone();
         let this = Arc::new(self);
         let service = hyper::service::service_fn(move |req| {
             let this = this.clone();
@@ -158,8 +176,18 @@ impl Conn {
         // and this future resolves, so the timeout never cuts an established leg.
         match tokio::time::timeout_at(deadline, conn).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection error"),
-            Err(_) => tracing::debug!(%peer, "upgrade timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "HTTP connection error");
+                if e.is_timeout() {
+                    hit(&limits_hit, "upgrade_timeout");
+                } else if e.is_parse_too_large() {
+                    hit(&limits_hit, "upgrade_too_large");
+                }
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "upgrade timed out");
+                hit(&limits_hit, "upgrade_timeout");
+            }
         }
     }
 
@@ -191,6 +219,10 @@ impl Conn {
         });
         switching_protocols(&accept)
     }
+}
+
+fn hit(limits_hit: &LimitsHit, reason: &'static str) {
+    limits_hit.get_or_create(&ReasonLabel { reason }).inc();
 }
 
 /// The `Sec-WebSocket-Accept` value if `req` is a valid RFC 6455 upgrade request.

@@ -13,6 +13,7 @@ const LIMITS: ListenerLimits = ListenerLimits {
 struct Server {
     addr: SocketAddr,
     legs: mpsc::Receiver<LegSocket>,
+    limits_hit: LimitsHit,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,8 +30,14 @@ async fn start(tls: Option<TlsAcceptor>) -> Server {
         paths: vec![("/u".into(), Leg::Up), ("/d".into(), Leg::Down)],
     });
     let (tx, legs) = mpsc::channel(8);
-    let task = tokio::spawn(serve(listener, tls, routes, LIMITS, tx));
-    Server { addr, legs, task }
+    let limits_hit = LimitsHit::default();
+    let task = tokio::spawn(serve(listener, tls, routes, LIMITS, tx, limits_hit.clone()));
+    Server {
+        addr,
+        legs,
+        limits_hit,
+        task,
+    }
 }
 
 /// Send raw bytes, read until the server closes, return what it said.
@@ -113,6 +120,43 @@ async fn a_silent_connection_is_closed_after_the_upgrade_timeout() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
+    server.counted("upgrade_timeout", 1).await;
+}
+
+impl Server {
+    /// Wait (1 s at most) until `limits_hit{reason}` is `n`.
+    async fn counted(&self, reason: &'static str, n: u64) {
+        let label = ReasonLabel { reason };
+        for _ in 0..100 {
+            if self.limits_hit.get_or_create(&label).get() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "limits_hit{{reason={reason:?}}} is {}, not {n}",
+            self.limits_hit.get_or_create(&label).get()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_and_counted() {
+    let server = start(None).await;
+    let mut request = b"GET /u HTTP/1.1\r\nHost: a\r\n".to_vec();
+    while request.len() < 1 << 20 {
+        request.extend_from_slice(format!("X-Big: {}\r\n", "b".repeat(1000)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // The server may hang up before it has read everything: a write error is fine.
+    let _ = tcp.write_all(&request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(!out.contains("101"), "never upgraded: {out}");
+    server.counted("upgrade_too_large", 1).await;
+    server.counted("upgrade_timeout", 0).await;
 }
 
 #[tokio::test]
@@ -132,6 +176,7 @@ async fn a_slow_partial_request_is_closed_after_the_upgrade_timeout() {
         !String::from_utf8_lossy(&out).contains("101"),
         "never upgraded"
     );
+    server.counted("upgrade_timeout", 1).await;
 }
 
 #[tokio::test]

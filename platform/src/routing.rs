@@ -119,10 +119,19 @@ impl RouteAllConfig {
     }
 }
 
-/// Sysctls route-all needs: with strict `rp_filter`, replies to the marked legs would fail
-/// the reverse-path check (the unmarked lookup points into the TUN) unless the mark is
-/// taken into account. wg-quick sets the same.
-pub const ROUTE_ALL_SYSCTLS: &[(&str, &str)] = &[("net.ipv4.conf.all.src_valid_mark", "1")];
+/// Sysctls route-all needs:
+/// * `src_valid_mark`: with strict `rp_filter`, replies to the marked legs would fail the
+///   reverse-path check (the unmarked lookup points into the TUN) unless the mark is taken
+///   into account. wg-quick sets the same.
+/// * `tcp_mtu_probing = 1` (packetization-layer PMTUD, RFC 4821, for IPv4 and IPv6 TCP,
+///   only once a black hole is detected): the legs are long-lived kernel TCP connections
+///   across paths we do not control; where a hop drops large packets and its ICMP errors
+///   are filtered, a leg would otherwise retransmit full-size segments forever and every
+///   flow in the tunnel would stall (TESTPLAN §25, `tests/tests/path_mtu.rs`).
+pub const ROUTE_ALL_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.conf.all.src_valid_mark", "1"),
+    ("net.ipv4.tcp_mtu_probing", "1"),
+];
 
 /// Sysctls router mode needs.
 pub const FORWARDING_SYSCTLS: &[(&str, &str)] = &[

@@ -73,7 +73,9 @@ fn restore_undoes_every_change_in_reverse_order() {
     let mut host = Host::begin(fake_with_resolv(dir.path()), dir.path()).unwrap();
     up(&mut host, dir.path()).unwrap();
     let applied = host.system().calls.clone();
-    assert_eq!(applied.len(), 1 + 1 + 1 + 2 + 2 + 2 + 1, "{applied:#?}");
+    // nft, TUN, route-all sysctls (src_valid_mark, tcp_mtu_probing), routes, rules,
+    // forwarding sysctls, resolver.
+    assert_eq!(applied.len(), 1 + 1 + 2 + 2 + 2 + 2 + 1, "{applied:#?}");
     assert!(
         matches!(applied[0], Call::LoadNft(_)),
         "kill switch goes first"

@@ -110,13 +110,13 @@ pub fn drop_icmp_too_big(ns: &Netns) -> &'static str {
     let script = "table inet ht_pmtu_blackhole {\n\
          \x20 chain c_in { type filter hook input priority -10; policy accept;\n\
          \x20   icmp type destination-unreachable icmp code frag-needed counter drop\n\
-         \x20   icmpv6 type packet-too-big counter drop }\n\
+         \x20   icmpv6 type packet-too-big counter drop\n\x20 }\n\
          \x20 chain c_fwd { type filter hook forward priority -10; policy accept;\n\
          \x20   icmp type destination-unreachable icmp code frag-needed counter drop\n\
-         \x20   icmpv6 type packet-too-big counter drop }\n\
+         \x20   icmpv6 type packet-too-big counter drop\n\x20 }\n\
          \x20 chain c_out { type filter hook output priority -10; policy accept;\n\
          \x20   icmp type destination-unreachable icmp code frag-needed counter drop\n\
-         \x20   icmpv6 type packet-too-big counter drop }\n\
+         \x20   icmpv6 type packet-too-big counter drop\n\x20 }\n\
          }\n";
     let path =
         std::env::temp_dir().join(format!("ht-pmtu-{}-{}.nft", std::process::id(), ns.name()));

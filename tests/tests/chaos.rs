@@ -8,7 +8,7 @@
 //! Each seed draws the parameters (splitmix64) and seeds every per-packet decision; both are
 //! printed, so a failing seed can be re-run with `HT_E2E_SEEDS=<seed>` (the decisions for
 //! the same packet sequence are the same; the packet sequence itself depends on timing).
-//! Default seeds: 1 and 2; `HT_E2E_SEEDS=1,2,3,…` for more.
+//! Default seeds: 1 and 2; `HT_E2E_SEEDS=1,2,3,…` for more, `HT_E2E_CHAOS_SCALE=4` harsher.
 //!
 //! The first test checks the impairer itself on a plain three-namespace path.
 
@@ -28,20 +28,31 @@ fn seeds() -> Vec<u64> {
         .unwrap_or_else(|| vec![1, 2])
 }
 
+/// `HT_E2E_CHAOS_SCALE=F` multiplies the drawn loss, reorder, duplication and corruption
+/// rates (default 1; e.g. 3 for a harsher run).
+fn scale() -> f64 {
+    std::env::var("HT_E2E_CHAOS_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|f: &f64| (0.0..=50.0).contains(f))
+        .unwrap_or(1.0)
+}
+
 /// The impairment of one direction, drawn from `rng`. Every kind has a positive lower
 /// bound, so that a run of a few thousand packets shows each of them.
 fn draw(rng: &mut Rng) -> Spec {
     let delay = rng.range(1.0, 20.0);
     let jitter = rng.range(0.0, delay / 4.0);
     let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+    let pct = |v: f64| (v * scale()).min(100.0);
     Spec {
         delay: ms(delay),
         jitter: ms(jitter),
-        loss: rng.range(0.2, 2.0),
-        reorder: rng.range(1.0, 10.0),
+        loss: pct(rng.range(0.2, 2.0)),
+        reorder: pct(rng.range(1.0, 10.0)),
         gap: ms(rng.range(1.0, 10.0)),
-        duplicate: rng.range(0.2, 2.0),
-        corrupt: rng.range(0.1, 0.5),
+        duplicate: pct(rng.range(0.2, 2.0)),
+        corrupt: pct(rng.range(0.1, 0.5)),
         rate: None,
     }
 }

@@ -1,7 +1,9 @@
 //! `ht-impair`: a userspace `netem` for a router namespace (see `e2e::impair`).
 //!
-//!     ht-impair --seed N --up SPEC --down SPEC --iif eth-c --iif eth-a \
-//!               --client-net 10.10.0.0/24 --stats FILE [--dev imp0] [--table 100]
+//! ```text
+//! ht-impair --seed N --up SPEC --down SPEC --iif eth-c --iif eth-a \
+//!           --client-net 10.10.0.0/24 --stats FILE [--dev imp0] [--table 100]
+//! ```
 //!
 //! Creates the TUN `--dev`, routes every packet arriving on an `--iif` into it (`ip rule
 //! iif <dev> lookup <table>`, `default dev <tun>` in that table; rp_filter off, forwarding

@@ -17,6 +17,7 @@ use crate::config::{Config, Intercept, LegConfig};
 use crate::flows::BridgeConfig;
 use crate::keys::{decode_key, read_key_file};
 use crate::leg::LegEndpoint;
+use crate::leg::resolve::{MarkedDns, Resolve, WithFallback};
 use crate::session::{self, DriverConfig};
 
 /// How long connecting a leg (TCP + TLS + upgrade) may take.
@@ -81,10 +82,28 @@ pub fn driver_config(cfg: &Config, fwmark: Option<u32>) -> anyhow::Result<Driver
     })
 }
 
-/// Resolve each leg's host once, before system DNS points into the tunnel (which would
-/// otherwise need the tunnel to find the tunnel). Legs with `connect_address` keep it.
-fn pin_leg_addresses(cfg: &mut Config) -> anyhow::Result<()> {
-    for (name, leg) in [("up", &mut cfg.up), ("down", &mut cfg.down)] {
+/// systemd-resolved's list of the uplink's own nameservers.
+const RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
+/// How long one DNS query of a leg host may take.
+const LEG_DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Look each leg's host up once before system DNS points into the tunnel (fail fast on a
+/// typo), then give the legs a resolver that asks the nameservers of *now* again on every
+/// reconnect, from marked sockets outside the tunnel. Legs with `connect_address` keep it.
+fn leg_resolvers(cfg: &mut Config) -> anyhow::Result<[Option<Arc<dyn Resolve>>; 2]> {
+    let servers = MarkedDns::system_servers(&cfg.dns.resolv_conf, Path::new(RESOLVED_UPSTREAM));
+    if servers.is_empty() {
+        tracing::warn!(
+            "no nameserver in {}: leg hosts are resolved once, now, and not again on reconnect",
+            cfg.dns.resolv_conf.display()
+        );
+    }
+    let dns = MarkedDns::new(servers.clone(), Some(cfg.routing.fwmark), LEG_DNS_TIMEOUT);
+    let mut resolvers: [Option<Arc<dyn Resolve>>; 2] = [None, None];
+    for (slot, (name, leg)) in resolvers
+        .iter_mut()
+        .zip([("up", &mut cfg.up), ("down", &mut cfg.down)])
+    {
         if leg.connect_address.is_some() {
             continue;
         }
@@ -97,15 +116,22 @@ fn pin_leg_addresses(cfg: &mut Config) -> anyhow::Result<()> {
             } else {
                 80
             });
-        let addr: SocketAddr = (host, port)
+        let addrs: Vec<SocketAddr> = (host, port)
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve the {name} leg's host {host}"))?
-            .next()
-            .with_context(|| format!("the {name} leg's host {host} has no address"))?;
-        tracing::info!(leg = name, %host, %addr, "leg host resolved");
-        leg.connect_address = Some(addr);
+            .collect();
+        anyhow::ensure!(
+            !addrs.is_empty(),
+            "the {name} leg's host {host} has no address"
+        );
+        tracing::info!(leg = name, %host, ?addrs, nameservers = ?servers, "leg host resolved; looked up again on every reconnect");
+        if servers.is_empty() {
+            leg.connect_address = Some(addrs[0]);
+            continue;
+        }
+        *slot = Some(Arc::new(WithFallback::new(dns.clone(), addrs)));
     }
-    Ok(())
+    Ok(resolvers)
 }
 
 /// Apply the host changes in the documented order; returns the TUN.
@@ -180,16 +206,20 @@ fn apply(
 pub async fn up(path: &Path) -> anyhow::Result<()> {
     let mut cfg = Config::load(path)?;
     // Keys and legs are checked before anything on the host changes.
-    let driver = driver_config(&cfg, Some(cfg.routing.fwmark))?;
-    pin_leg_addresses(&mut cfg)?;
-    let driver = DriverConfig {
-        legs: driver_config(&cfg, Some(cfg.routing.fwmark))?.legs,
-        ..driver
-    };
+    driver_config(&cfg, Some(cfg.routing.fwmark))?;
     let journal = cfg.runtime.journal_dir.clone();
     let mut sys = LinuxSystem::default();
+    // Undo a crashed run first: the leg hosts must be looked up with the machine's own
+    // resolver config, not with one still pointing into a tunnel that is gone.
     if let Recovery::Restored(n) = recover(&mut sys, &journal)? {
         tracing::warn!("a previous run did not clean up; undid its {n} changes");
+    }
+    let resolvers = leg_resolvers(&mut cfg)?;
+    let mut driver = driver_config(&cfg, Some(cfg.routing.fwmark))?;
+    for ((endpoint, _url), resolver) in driver.legs.iter_mut().zip(resolvers) {
+        if let Some(resolver) = resolver {
+            *endpoint = endpoint.clone().with_resolver(resolver);
+        }
     }
     let mut host = Host::begin(sys, &journal)?;
     let device = match apply(&mut host, &cfg) {

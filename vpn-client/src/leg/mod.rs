@@ -2,11 +2,13 @@
 //! → TLS (rustls; system roots + optional CA file, optional SHA-256 pin, or an explicit
 //! insecure switch for tests) → WebSocket upgrade with the configured Host and path.
 
+pub mod resolve;
 #[cfg(test)]
 mod tests;
 mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -18,6 +20,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::LegConfig;
+use resolve::{Resolve, SystemResolver};
 
 pub use tls::TlsSetupError;
 
@@ -78,6 +81,7 @@ pub struct LegEndpoint {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     ws_config: WebSocketConfig,
     timeout: Duration,
+    resolver: Arc<dyn Resolve>,
 }
 
 impl std::fmt::Debug for LegEndpoint {
@@ -86,6 +90,7 @@ impl std::fmt::Debug for LegEndpoint {
             .field("uri", &self.uri)
             .field("connect_address", &self.connect_address)
             .field("tls", &self.tls.is_some())
+            .field("resolver", &self.resolver)
             .finish()
     }
 }
@@ -141,7 +146,19 @@ impl LegEndpoint {
             tls,
             ws_config,
             timeout,
+            resolver: Arc::new(SystemResolver),
         })
+    }
+
+    /// Look the host up with `resolver` on every connect attempt (unless the config names
+    /// a `connect_address`).
+    pub fn with_resolver(self, resolver: Arc<dyn Resolve>) -> LegEndpoint {
+        LegEndpoint { resolver, ..self }
+    }
+
+    /// The URL's host name.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Connect and upgrade. `prepare` is called on the socket before it connects (the driver
@@ -160,16 +177,7 @@ impl LegEndpoint {
         &self,
         prepare: &(dyn Fn(&TcpSocket) -> std::io::Result<()> + Sync),
     ) -> Result<(LegStream, Connected), LegError> {
-        let addr = self.resolve().await?;
-        let connect_err = |source| LegError::Connect { addr, source };
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(connect_err)?;
-        prepare(&socket).map_err(connect_err)?;
-        let tcp: TcpStream = socket.connect(addr).await.map_err(connect_err)?;
+        let (addr, tcp) = self.connect_tcp(prepare).await?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match &self.tls {
             Some((connector, server)) => {
@@ -200,22 +208,71 @@ impl LegEndpoint {
         ))
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, LegError> {
+    /// Resolve (afresh on every attempt) and connect to the first address that answers.
+    async fn connect_tcp(
+        &self,
+        prepare: &(dyn Fn(&TcpSocket) -> std::io::Result<()> + Sync),
+    ) -> Result<(SocketAddr, TcpStream), LegError> {
+        let addrs = self.resolve().await?;
+        // Every address gets a share of the attempt's time, so one black hole cannot use
+        // it all.
+        let share = self.timeout / u32::try_from(addrs.len()).unwrap_or(u32::MAX).max(1);
+        let mut last = None;
+        for &addr in &addrs {
+            let attempt = tokio::time::timeout(share, connect_one(addr, prepare)).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+                Err(LegError::Connect { addr, source })
+            });
+            match attempt {
+                Ok(tcp) => {
+                    tracing::info!(host = %self.host, %addr, resolved = ?addrs, "leg address chosen");
+                    return Ok((addr, tcp));
+                }
+                Err(e) => {
+                    tracing::warn!(host = %self.host, "{e}; trying the next address");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| LegError::Resolve {
+            host: self.host.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+        }))
+    }
+
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, LegError> {
         if let Some(addr) = self.connect_address {
-            return Ok(addr);
+            return Ok(vec![addr]);
         }
         let resolve_err = |source| LegError::Resolve {
             host: self.host.clone(),
             source,
         };
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let addrs = self
+            .resolver
+            .resolve(&self.host, self.port)
             .await
             .map_err(resolve_err)?;
-        addrs.next().ok_or_else(|| {
-            resolve_err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no addresses",
-            ))
-        })
+        if addrs.is_empty() {
+            let none = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
+            return Err(resolve_err(none));
+        }
+        Ok(addrs)
     }
+}
+
+async fn connect_one(
+    addr: SocketAddr,
+    prepare: &(dyn Fn(&TcpSocket) -> std::io::Result<()> + Sync),
+) -> Result<TcpStream, LegError> {
+    let connect_err = |source| LegError::Connect { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(connect_err)?;
+    prepare(&socket).map_err(connect_err)?;
+    socket.connect(addr).await.map_err(connect_err)
 }

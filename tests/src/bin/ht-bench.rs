@@ -650,21 +650,31 @@ fn memory(b: &mut Bench) {
     }
     let opened = holder.opened.max(1) as f64;
     holder.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    // Closed flows must be reclaimed end to end: wait (up to 60 s) for the exit's
+    // open-streams gauge to reach 0 and report how long that took.
+    let closed = Instant::now();
+    let mut left = exit_streams(b);
+    while left.is_some_and(|s| s > 0.0) && closed.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+        left = exit_streams(b);
+    }
+    let reclaim = closed.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
     let after: Vec<Option<u64>> = procs.iter().map(|(_, p)| bench::rss_kib(*p)).collect();
     for (i, (name, _)) in procs.iter().enumerate() {
         mem_rows(b, name, [before[i], held[i], after[i]], opened);
     }
-    if let Some(s) = exit_streams(b) {
-        let label = "  exit-node open streams 3 s after close";
-        b.record(
-            Path::Tunnel,
-            "mem_exit_streams_after",
-            label,
-            "streams",
-            false,
-            s,
-        );
+    match left {
+        Some(s) if s == 0.0 => {
+            let label = "  exit-node streams all reclaimed after close";
+            b.record(Path::Tunnel, "mem_reclaim_secs", label, "s", false, reclaim);
+        }
+        Some(s) => {
+            let label = "  exit-node streams all reclaimed after close";
+            let why = format!("{s} streams still open 60 s after the flows closed");
+            b.fail(Path::Tunnel, "mem_reclaim_secs", label, "s", why);
+        }
+        None => {}
     }
 }
 
@@ -710,7 +720,7 @@ fn mem_rows(b: &mut Bench, name: &str, rss: [Option<u64>; 3], opened: f64) {
     b.record(
         t,
         &format!("{key}_after"),
-        &format!("{name} RSS 3 s after close"),
+        &format!("{name} RSS after close (reclaimed + 1 s)"),
         "MiB",
         false,
         mib(after),

@@ -544,16 +544,23 @@ impl Driver {
             .fold(far, Instant::min)
     }
 
-    fn log_stats(&mut self, now: Instant) {
+    /// App bytes per second (up, down) since the last stats line.
+    fn rates(&self, now: Instant) -> (u64, u64) {
         let s = self.bridge.stats();
         let (then, up0, down0) = self.last_stats;
         let secs = now.saturating_duration_since(then).as_secs_f64().max(0.001);
         let rate = |b: u64| (b as f64 / secs) as u64;
+        (rate(s.bytes_up - up0), rate(s.bytes_down - down0))
+    }
+
+    fn log_stats(&mut self, now: Instant) {
+        let s = self.bridge.stats();
+        let (up_bytes_per_s, down_bytes_per_s) = self.rates(now);
         let counts = self.bridge.counts();
         let rtt = self.conn.as_ref().and_then(|c| c.stats().rtt);
         tracing::info!(
-            up_bytes_per_s = rate(s.bytes_up - up0),
-            down_bytes_per_s = rate(s.bytes_down - down0),
+            up_bytes_per_s,
+            down_bytes_per_s,
             tcp_flows = counts.tcp,
             udp_flows = counts.udp,
             rtt = ?rtt,

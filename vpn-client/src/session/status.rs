@@ -82,10 +82,23 @@ pub struct Status {
     pub flows: FlowCountsStatus,
     /// Bridge counters (bytes each way, refusals…).
     pub traffic: BridgeStatsStatus,
+    /// App bytes per second each way, averaged since the last periodic stats line (or
+    /// since start when those are off).
+    #[serde(default)]
+    pub throughput: Throughput,
     /// DNS.
     pub dns: DnsStatus,
     /// Whether the kill switch is on.
     pub kill_switch: bool,
+}
+
+/// Bytes per second each way.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Throughput {
+    /// App → exit.
+    pub up_bytes_per_s: u64,
+    /// Exit → app.
+    pub down_bytes_per_s: u64,
 }
 
 /// Serializable copy of [`FlowCounts`].
@@ -121,6 +134,7 @@ impl Driver {
             })
             .collect();
         let ns = self.stack.stats();
+        let (up_bytes_per_s, down_bytes_per_s) = self.rates(now);
         Status {
             session: self.conn.as_ref().map(|c| c.session_id().to_string()),
             sessions: self.sessions,
@@ -134,6 +148,10 @@ impl Driver {
             retransmitted: stats.as_ref().map_or(0, |s| s.retransmitted),
             flows: self.bridge.counts(),
             traffic: self.bridge.stats(),
+            throughput: Throughput {
+                up_bytes_per_s,
+                down_bytes_per_s,
+            },
             dns: DnsStatus {
                 queries: ns.dns_queries,
                 answers: self.bridge.stats().dns_answers,
@@ -196,6 +214,11 @@ impl Status {
             s,
             "traffic:     {} B up, {} B down; {} TCP opened, {} refused, {} IPv6 refused",
             t.bytes_up, t.bytes_down, t.tcp_opened, t.tcp_refused, t.ipv6_refused
+        );
+        let _ = writeln!(
+            s,
+            "throughput:  {} B/s up, {} B/s down",
+            self.throughput.up_bytes_per_s, self.throughput.down_bytes_per_s
         );
         let _ = writeln!(
             s,

@@ -197,6 +197,12 @@ async fn echo_through_the_real_exit_node_with_split_legs() {
         "nothing may go out on the down leg: {st:?}"
     );
     assert!(st.render().contains("kill switch: off"));
+    // Stats lines are off: throughput is averaged since start, and the echo moved bytes.
+    let tp = st.throughput;
+    assert!(tp.up_bytes_per_s > 0 && tp.down_bytes_per_s > 0, "{tp:?}");
+    assert!(st.render().contains("throughput:"));
+    let legs_fresh = st.legs.iter().all(|l| l.stall_reconnects == 0);
+    assert!(legs_fresh, "no stall on a healthy loopback: {st:?}");
 
     let started = Instant::now();
     stop_tx.send(()).unwrap();

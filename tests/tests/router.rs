@@ -154,7 +154,36 @@ fn the_lan_hosts_dns_is_answered_through_the_tunnel() {
         "DNS from the lan host failed:\n{}",
         failed.join("\n")
     );
-    let _ = t;
+    // As a DHCP-configured LAN host does it: the system resolver is the router, and an
+    // app resolves a name and connects. (`ip netns exec` binds /etc/netns/<ns>/resolv.conf.)
+    let etc = ResolvConf::new(&host, &format!("nameserver {}\n", lan::ROUTER));
+    let by_name = probe(&host, &["get", "www.inet.test:80", "/bytes/5000"]);
+    assert_eq!(
+        by_name.field("sha256"),
+        Some(expected_sha256(5000).as_str()),
+        "GET by name from the lan host: {}",
+        by_name.stderr
+    );
+    drop(etc);
+    drop(t);
+}
+
+/// `/etc/netns/<ns>/resolv.conf` for a namespace, removed on drop.
+struct ResolvConf(std::path::PathBuf);
+
+impl ResolvConf {
+    fn new(ns: &Netns, text: &str) -> ResolvConf {
+        let dir = std::path::Path::new("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        std::fs::write(dir.join("resolv.conf"), text).expect("write resolv.conf");
+        ResolvConf(dir)
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A LAN whose path is narrower than the lan host's own link (the lan host's `eth0` at

@@ -665,7 +665,7 @@ fn memory(b: &mut Bench) {
         mem_rows(b, name, [before[i], held[i], after[i]], opened);
     }
     match left {
-        Some(s) if s == 0.0 => {
+        Some(0.0) => {
             let label = "  exit-node streams all reclaimed after close";
             b.record(Path::Tunnel, "mem_reclaim_secs", label, "s", false, reclaim);
         }

@@ -142,7 +142,8 @@ fn the_impairer_delays_loses_corrupts_duplicates_and_counts() {
         "50 ms each way: round trip {delayed:?} (direct {direct:?})"
     );
     let t = stats.total();
-    assert!(stats.up.packets >= 5 && stats.down.packets >= 5, "{stats}");
+    // Five echoes: exactly five packets each way went through it.
+    assert_eq!((stats.up.packets, stats.down.packets), (5, 5), "{stats}");
     assert_eq!(
         (t.passed, t.lost, t.duplicated),
         (t.packets, 0, 0),

@@ -10,7 +10,8 @@
 //! on), impairs each packet per direction (`--client-net` destinations are "down") with
 //! the seeded decisions of `e2e::impair::Shaper`, and writes the survivors back into the
 //! TUN at their time. Counters go to `--stats` every 100 ms and once more on SIGTERM/SIGINT,
-//! when the rules are removed and the line is also printed. The seed and both specs are
+//! when the rules are removed and the line is also printed. Multicast packets (the TUN's
+//! own MLD reports) are dropped uncounted. The seed and both specs are
 //! printed at start, so a run can be replayed.
 
 use std::collections::BinaryHeap;
@@ -240,6 +241,9 @@ fn reader(dev: &tun_rs::SyncDevice, shared: &Shared, nets: &[Net]) {
         };
         let packet = buf[..n].to_vec();
         let dir = match destination(&packet) {
+            // The TUN's own link-local chatter (MLD reports when it comes up): never
+            // forwarded traffic, so neither impaired nor counted.
+            Some(ip) if ip.is_multicast() => continue,
             Some(ip) if nets.iter().any(|net| net.contains(ip)) => Dir::Down,
             _ => Dir::Up,
         };

@@ -15,8 +15,9 @@
 //! (directly connected LANs, static routes) ahead of the tunnel. It is **off by default**:
 //! a full-device VPN must not send LAN-addressed traffic outside the tunnel (test plan
 //! items 9 and 16). Keep chosen prefixes local with `exclude` instead, or turn on
-//! [`RouteAllConfig::bypass_main_routes`] for exactly wg-quick's behaviour. In router mode,
-//! exclude the LAN prefixes, or the router's replies to its LAN would enter the TUN.
+//! [`RouteAllConfig::bypass_main_routes`] for exactly wg-quick's behaviour. In router mode
+//! the LAN prefixes must be excluded, or the router's replies to its LAN would enter the
+//! TUN; `vpn-client up` adds the LAN interface's prefixes to `exclude` itself.
 
 use ipnet::IpNet;
 

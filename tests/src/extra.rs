@@ -75,6 +75,15 @@ pub fn router_mode(t: &mut Topology, kill_switch: Option<bool>) {
     }
 }
 
+/// Client config for router mode on `lan0` with nothing else: `vpn-client up` must keep
+/// the LAN's prefixes out of the tunnel by itself.
+pub fn router_mode_only(t: &mut Topology) {
+    t.client_config_extra(&format!(
+        "\n[router]\nenabled = true\nlan_interface = \"{}\"\n",
+        lan::IFACE
+    ));
+}
+
 /// Set `iface`'s MTU inside `ns`.
 pub fn set_mtu(ns: &Netns, iface: &str, mtu: u32) {
     ns.ip(&["link", "set", iface, "mtu", &mtu.to_string()]);

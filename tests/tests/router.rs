@@ -119,6 +119,33 @@ fn the_lan_host_reaches_inet_only_through_the_tunnel() {
     assert_eq!(udp.stdout.trim(), "lan-udp", "{}", udp.stderr);
 }
 
+/// Router mode with only `[router]` configured (no `routing.exclude`): `up` keeps the
+/// LAN's own prefixes out of the tunnel by itself, so the replies reach the lan host
+/// (before, they were routed back into the TUN and the LAN got nothing).
+#[test]
+fn router_mode_works_without_an_explicit_exclude() {
+    if !namespaces_available("router_mode_works_without_an_explicit_exclude") {
+        return;
+    }
+    let mut t = Topology::new();
+    let host = extra::lan_host(&t, 1500, 1500);
+    extra::router_mode_only(&mut t);
+    t.start_tunnel();
+    wait_lan_tunnel(&t, &host);
+    transfer_through_the_tunnel(&t, &host, 4 * MIB);
+    let rules = t.client.ip(&["rule", "show"]);
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains(&format!("to {} lookup main", lan::NET)),
+        "no exclusion rule for the LAN:\n{rules}"
+    );
+    assert!(
+        t.log("vpn-client.log")
+            .contains("the LAN's prefixes stay outside the tunnel"),
+        "not logged"
+    );
+}
+
 #[test]
 fn the_lan_hosts_dns_is_answered_through_the_tunnel() {
     let Some((t, host)) = router_tunnel(

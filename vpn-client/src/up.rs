@@ -134,6 +134,86 @@ fn leg_resolvers(cfg: &mut Config) -> anyhow::Result<[Option<Arc<dyn Resolve>>; 
     Ok(resolvers)
 }
 
+/// `routing.exclude`, plus in router mode the LAN interface's own prefixes: the replies
+/// to LAN hosts leave the TUN towards the LAN, and without this they would be routed
+/// straight back into the TUN (router mode silently carried nothing).
+fn route_all_exclude(cfg: &Config) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    let mut exclude = cfg.routing.exclude.clone();
+    let (true, Some(lan)) = (cfg.router.enabled, cfg.router.lan_interface.as_deref()) else {
+        return Ok(exclude);
+    };
+    let prefixes = match interface_prefixes(lan) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                lan,
+                "router mode: cannot read the LAN interface's prefixes: {e:#}"
+            );
+            Vec::new()
+        }
+    };
+    if prefixes.is_empty() && exclude.is_empty() {
+        tracing::warn!(
+            lan,
+            "router mode: the LAN interface has no address; replies will not reach the LAN \
+             unless routing.exclude lists its prefixes"
+        );
+    }
+    let added: Vec<ipnet::IpNet> = prefixes
+        .into_iter()
+        .filter(|net| !exclude.iter().any(|e| e.contains(net)))
+        .collect();
+    if !added.is_empty() {
+        tracing::info!(
+            lan,
+            ?added,
+            "router mode: the LAN's prefixes stay outside the tunnel"
+        );
+    }
+    exclude.extend(added);
+    Ok(exclude)
+}
+
+/// The networks of `iface`'s global and site addresses (`ip -j addr show dev IFACE`).
+fn interface_prefixes(iface: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "addr", "show", "dev", iface])
+        .output()
+        .context("run ip addr show")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "router.lan_interface {iface:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parse ip -j addr show")?;
+    let mut nets = Vec::new();
+    for info in links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("addr_info")?.as_array())
+        .flatten()
+    {
+        if info.get("scope").and_then(|s| s.as_str()) == Some("link") {
+            continue;
+        }
+        let (Some(local), Some(len)) = (
+            info.get("local").and_then(|v| v.as_str()),
+            info.get("prefixlen").and_then(|v| v.as_u64()),
+        ) else {
+            continue;
+        };
+        if let Ok(net) = format!("{local}/{len}").parse::<ipnet::IpNet>() {
+            let net = net.trunc();
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+    }
+    Ok(nets)
+}
+
 /// Apply the host changes in the documented order; returns the TUN.
 fn apply(
     host: &mut Host<LinuxSystem>,
@@ -170,7 +250,7 @@ fn apply(
         fwmark: cfg.routing.fwmark,
         table: cfg.routing.table,
         include: cfg.routing.include.clone(),
-        exclude: cfg.routing.exclude.clone(),
+        exclude: route_all_exclude(cfg)?,
         ..RouteAllConfig::new(&tun.name)
     };
     host.route_all(&route_all)?;

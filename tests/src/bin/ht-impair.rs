@@ -133,6 +133,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "ht-impair: seed={} up={} down={} iif={:?} client_net={:?}",
         args.seed, args.up, args.down, args.iif, args.client_net
     );
+    let termination = Termination::install()?;
     let dev = tun_rs::DeviceBuilder::new()
         .name(&args.dev)
         .mtu(1500)
@@ -193,7 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     write_stats(&shared, &args.stats)?;
-    wait_for_termination()?;
+    termination.wait();
     write_stats(&shared, &args.stats)?;
     for family in ["-4", "-6"] {
         for iif in &args.iif {
@@ -205,23 +206,43 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_termination() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+/// SIGTERM/SIGINT handlers, installed before anything tells the caller we are ready (a
+/// signal that arrived earlier would kill the process without counters or clean-up).
+struct Termination {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    fn install() -> anyhow::Result<Termination> {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok(())
-    })
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = rt.block_on(async {
+            anyhow::Ok((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        Ok(Termination { rt, term, int })
+    }
+
+    fn wait(mut self) {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        });
+    }
 }
 
 fn write_stats(shared: &Shared, path: &std::path::Path) -> std::io::Result<()> {
+    // The periodic and the final write share the temporary file: one at a time.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _one = WRITING.lock().expect("stats write lock");
     let text = shared.0.lock().expect("state lock").stats().to_string();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;

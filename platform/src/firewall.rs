@@ -13,6 +13,12 @@
 //!   DHCP server replies and established traffic towards the LAN interfaces.
 //! * `forward` (router mode): LAN → TUN and its replies, with MSS clamping to the route
 //!   MTU; policy drop when the kill switch is on.
+//! * `input` (when [`FirewallConfig::guard_inbound`]): new flows that arrive on any other
+//!   interface than loopback, the TUN and the LAN interfaces are dropped unless their
+//!   source stays outside the tunnel (`inbound_from`, the excluded prefixes) or they are
+//!   DHCP/NDP. Route-all would send the replies into the TUN, where they would ask the
+//!   exit to open flows towards the neighbour: useless, and they tell the exit about the
+//!   LAN (TESTPLAN §16).
 //! * `lan_dns` (router mode, nat prerouting): DNS that LAN hosts send to this host (TCP or
 //!   UDP port 53 to any of its local addresses, the usual DHCP-announced resolver) is
 //!   redirected to the virtual resolvers inside the TUN, so it is answered through the
@@ -42,6 +48,11 @@ pub struct FirewallConfig {
     /// Router mode: where DNS from the LAN to this host's own addresses is redirected (the
     /// virtual resolvers, one per family; empty: no redirect).
     pub lan_dns: Vec<IpAddr>,
+    /// Drop new inbound flows on the outer interfaces (see the module docs).
+    pub guard_inbound: bool,
+    /// With `guard_inbound`: sources still allowed to open flows (the prefixes that stay
+    /// outside the tunnel, whose replies do not enter the TUN).
+    pub inbound_from: Vec<ipnet::IpNet>,
 }
 
 impl FirewallConfig {
@@ -55,12 +66,17 @@ impl FirewallConfig {
             lan_interfaces: Vec::new(),
             tun_addresses: Vec::new(),
             lan_dns: Vec::new(),
+            guard_inbound: false,
+            inbound_from: Vec::new(),
         }
     }
 
     /// Whether there is anything to load at all.
     pub fn is_needed(&self) -> bool {
-        self.kill_switch || !self.lan_interfaces.is_empty() || !self.tun_addresses.is_empty()
+        self.kill_switch
+            || !self.lan_interfaces.is_empty()
+            || !self.tun_addresses.is_empty()
+            || self.guard_inbound
     }
 
     /// The whole `nft -f -` script.
@@ -69,6 +85,9 @@ impl FirewallConfig {
         let mut s = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
         if !self.tun_addresses.is_empty() {
             s += &self.prerouting_chain();
+        }
+        if self.guard_inbound {
+            s += &self.input_chain();
         }
         if self.kill_switch {
             s += &self.output_chain();
@@ -96,6 +115,31 @@ impl FirewallConfig {
             );
         }
         s + "  }\n"
+    }
+
+    fn input_chain(&self) -> String {
+        let mut inner = vec!["\"lo\"".to_owned(), format!("\"{}\"", self.tun)];
+        inner.extend(self.lan_interfaces.iter().map(|l| format!("\"{l}\"")));
+        let mut s = format!(
+            "  chain input {{\n\
+             \x20   type filter hook input priority 0; policy accept;\n\
+             \x20   iifname {{ {inner} }} accept\n\
+             \x20   ct state established,related accept\n\
+             \x20   meta nfproto ipv4 udp sport 67 udp dport 68 accept comment \"DHCPv4\"\n\
+             \x20   meta nfproto ipv6 udp sport 547 udp dport 546 accept comment \"DHCPv6\"\n\
+             \x20   icmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect, mld-listener-query }} accept comment \"NDP\"\n",
+            inner = inner.join(", ")
+        );
+        for net in &self.inbound_from {
+            let family = if matches!(net, ipnet::IpNet::V4(_)) {
+                "ip"
+            } else {
+                "ip6"
+            };
+            // Writing to a String cannot fail.
+            let _ = writeln!(s, "    {family} saddr {net} accept comment \"excluded\"");
+        }
+        s + "    drop comment \"replies would enter the TUN\"\n  }\n"
     }
 
     fn lans(&self) -> String {

@@ -320,7 +320,10 @@ fn router_mode_redirects_lan_dns_to_the_virtual_resolvers() {
         ..FirewallConfig::kill_switch(TUN, 0x4854)
     };
     let s = fw.script();
-    assert!(s.contains("type nat hook prerouting priority dstnat;"), "{s}");
+    assert!(
+        s.contains("type nat hook prerouting priority dstnat;"),
+        "{s}"
+    );
     for want in [
         "iifname { \"lan0\" } meta nfproto ipv4 fib daddr type local meta l4proto { tcp, udp } th dport 53 dnat ip to 172.19.0.2:53",
         "iifname { \"lan0\" } meta nfproto ipv6 fib daddr type local meta l4proto { tcp, udp } th dport 53 dnat ip6 to [fd00:4854::2]:53",
@@ -333,6 +336,39 @@ fn router_mode_redirects_lan_dns_to_the_virtual_resolvers() {
         ..fw
     };
     assert!(!no_lan.script().contains("lan_dns"));
+}
+
+#[test]
+fn guard_inbound_drops_new_flows_from_outside_but_the_excluded() {
+    let fw = FirewallConfig {
+        kill_switch: false,
+        lan_interfaces: vec!["lan0".into()],
+        guard_inbound: true,
+        inbound_from: vec![
+            "192.168.1.0/24".parse().unwrap(),
+            "fd01::/64".parse().unwrap(),
+        ],
+        ..FirewallConfig::kill_switch(TUN, 0x4854)
+    };
+    assert!(fw.is_needed());
+    let s = fw.script();
+    for want in [
+        "type filter hook input priority 0; policy accept;",
+        "iifname { \"lo\", \"ht0\", \"lan0\" } accept",
+        "ct state established,related accept",
+        "udp sport 67 udp dport 68 accept",
+        "nd-neighbor-solicit",
+        "ip saddr 192.168.1.0/24 accept",
+        "ip6 saddr fd01::/64 accept",
+        "drop comment",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+    let off = FirewallConfig {
+        guard_inbound: false,
+        ..fw
+    };
+    assert!(!off.script().contains("chain input"));
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //!   TUN address and the virtual resolver over TCP and UDP, where echo services listen on
 //!   all of the client's addresses. Nothing may answer: no reply on the LAN, and nothing
 //!   of it may enter the TUN (a capture on `ht0`) or reach the exit (its refusal log).
-//!   Control: the same probes with the client's `prerouting` drop rules flushed do get
-//!   into the client (a UDP echo reply enters the TUN), so the test can fail.
+//!   Control: the same probes with the client's `prerouting` and `input` rules flushed
+//!   get into the client (a UDP echo reply enters the TUN), so the test can fail.
 //! * §17: the legs' own packets never enter the TUN — a capture on `ht0` during a
 //!   download in which both legs are killed and reconnect shows no packet to or from a
 //!   relay's TLS port, and the relays' counters show no amplification (a loop would
@@ -96,9 +96,10 @@ fn a_lan_neighbour_gets_no_answer_from_the_tunnel_addresses() {
         "the exit saw something of the LAN's probes:\n{exit_log}"
     );
 
-    // The client's services on its eth0 address: no answer on the LAN either (the
-    // replies are routed into the TUN like all unmarked traffic, where TCP's is reset;
-    // UDP's reaches the exit as a refused stream: see the ignored test below).
+    // The client's services on its eth0 address: no answer on the LAN either, nothing in
+    // the TUN, nothing at the exit (the client's input chain drops new flows whose
+    // replies route-all would send into the TUN; see also the test below).
+    let tun = Capture::start(&t.client, "ht0", t.dir.path());
     let eth0 = format!("{}:{}", addr::CLIENT, port::ECHO);
     for proto in ["tcp", "udp"] {
         let out = probe(&t.lan, &[proto, &eth0, "eth0"]);
@@ -108,12 +109,22 @@ fn a_lan_neighbour_gets_no_answer_from_the_tunnel_addresses() {
             out.stdout
         );
     }
-    // Control: without the client's prerouting drop rules, the same probes get in (the
-    // UDP echo's reply, routed like everything unmarked, enters the TUN).
-    t.client.exec(
-        "nft",
-        &["flush", "chain", "inet", "half_tunnel", "prerouting"],
+    let in_tun: Vec<String> = tun
+        .stop()
+        .into_iter()
+        .filter(|l| from_or_to_lan(l))
+        .collect();
+    assert!(in_tun.is_empty(), "eth0 probes entered the TUN: {in_tun:?}");
+    assert!(
+        !t.log("exit-node.log").contains(addr::LAN_GW),
+        "the exit saw something of the LAN's eth0 probes"
     );
+    // Control: without the client's prerouting and input rules, the same probes get in (the
+    // UDP echo's reply, routed like everything unmarked, enters the TUN).
+    for chain in ["prerouting", "input"] {
+        t.client
+            .exec("nft", &["flush", "chain", "inet", "half_tunnel", chain]);
+    }
     let tun = Capture::start(&t.client, "ht0", t.dir.path());
     let _ = lan_probes(&t);
     std::thread::sleep(Duration::from_millis(300));
@@ -208,27 +219,35 @@ fn the_legs_never_enter_the_tun_even_while_reconnecting() {
     );
 }
 
-/// Known gap (found by this file): a UDP service on the client's `eth0` address answers a
-/// LAN probe into the TUN (route-all sends the reply there, with the TUN address as its
-/// source), so the exit is asked to open a UDP stream to the LAN neighbour — refused by
-/// its policy, but the exit learns the LAN's address and port. TCP is not affected (the
-/// SYN-ACK is reset inside the tunnel). A fix needs an input policy for new flows from
-/// outer interfaces that respects `routing.exclude`; run with `--ignored` to see it.
+/// A UDP service on the client's `eth0` address must not answer a LAN probe into the
+/// TUN: route-all would send the reply there (with the TUN address as its source), and
+/// the exit would be asked to open a stream to the LAN neighbour — telling it the LAN's
+/// address and port. The client's `input` chain drops such new inbound flows. Control:
+/// the same probe before `up` gets its echo.
 #[test]
-#[ignore = "known gap: UDP replies of eth0 services reach the exit as a refused stream"]
 fn udp_replies_of_eth0_services_do_not_reach_the_exit() {
-    let Some(t) = tunnel("udp_replies_of_eth0_services_do_not_reach_the_exit") else {
+    if !namespaces_available("udp_replies_of_eth0_services_do_not_reach_the_exit") {
         return;
-    };
+    }
+    let mut t = Topology::new();
     let any = format!("0.0.0.0:{}", port::ECHO);
     let log = t.dir.path().join("client-echo.log");
     t.client
         .spawn_logged(&bin("ht-probe"), &["udp-echo", &any], &log);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = probe(
-        &t.lan,
-        &["udp", &format!("{}:{}", addr::CLIENT, port::ECHO), "x"],
-    );
+    let eth0 = format!("{}:{}", addr::CLIENT, port::ECHO);
+    let before = probe(&t.lan, &["udp", &eth0, "before"]);
+    assert_eq!(before.stdout.trim(), "before", "control: {}", before.stderr);
+    t.start_tunnel();
+    let tun = Capture::start(&t.client, "ht0", t.dir.path());
+    let out = probe(&t.lan, &["udp", &eth0, "x"]);
+    assert!(!out.stdout.contains('x'), "answered: {}", out.stdout);
+    let in_tun: Vec<String> = tun
+        .stop()
+        .into_iter()
+        .filter(|l| from_or_to_lan(l))
+        .collect();
+    assert!(in_tun.is_empty(), "the reply entered the TUN: {in_tun:?}");
     std::thread::sleep(Duration::from_secs(1));
     let exit_log = t.log("exit-node.log");
     let seen: Vec<&str> = exit_log

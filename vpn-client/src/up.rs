@@ -220,6 +220,7 @@ fn apply(
     cfg: &Config,
 ) -> anyhow::Result<platform::tun_rs::SyncDevice> {
     let tun = &cfg.tun;
+    let exclude = route_all_exclude(cfg)?;
     let lan: Vec<String> = cfg.router.lan_interface.iter().cloned().collect();
     let lan = if cfg.router.enabled { lan } else { Vec::new() };
     let firewall = FirewallConfig {
@@ -232,6 +233,9 @@ fn apply(
             cfg.dns.virtual_resolver_v4.into(),
             cfg.dns.virtual_resolver_v6.into(),
         ],
+        // New flows from outside (not excluded) would be answered into the TUN.
+        guard_inbound: cfg.routing.include.is_empty(),
+        inbound_from: exclude.clone(),
         ..FirewallConfig::kill_switch(&tun.name, cfg.routing.fwmark)
     };
     host.firewall(&firewall)?;
@@ -250,7 +254,7 @@ fn apply(
         fwmark: cfg.routing.fwmark,
         table: cfg.routing.table,
         include: cfg.routing.include.clone(),
-        exclude: route_all_exclude(cfg)?,
+        exclude,
         ..RouteAllConfig::new(&tun.name)
     };
     host.route_all(&route_all)?;

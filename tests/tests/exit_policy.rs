@@ -173,6 +173,16 @@ fn assert_refused_by_policy(t: &Topology, proto: &str, ip: &str) {
     }
 }
 
+/// The client's `dropped: N broadcast/multicast` status counter.
+fn dropped_non_unicast(t: &Topology) -> u64 {
+    let status = t.client_status();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("dropped:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped line in status: {status}"))
+}
+
 #[test]
 fn reserved_broadcast_and_multicast_ipv4_destinations_are_refused() {
     if !namespaces_available("reserved_broadcast_and_multicast_ipv4_destinations_are_refused") {
@@ -201,6 +211,7 @@ fn reserved_broadcast_and_multicast_ipv4_destinations_are_refused() {
     // Limited broadcast and multicast: the client may drop them itself or hand them to the
     // exit, which must refuse them; either way nothing leaves the client's eth0 and the
     // exit sends nothing towards them.
+    let dropped_before = dropped_non_unicast(&t);
     for ip in ["255.255.255.255", "239.1.2.3"] {
         let outer = Capture::start(&t.client, "eth0", t.dir.path());
         let egress = Capture::start(&t.exit, "eth-i", t.dir.path());
@@ -224,6 +235,18 @@ fn reserved_broadcast_and_multicast_ipv4_destinations_are_refused() {
             "UDP to {ip}: refused by the exit's policy: {at_exit}; else dropped in the client"
         );
     }
+    // Those the client dropped itself are counted where a user can see them.
+    let dropped = dropped_non_unicast(&t) - dropped_before;
+    let at_exit = t
+        .log("exit-node.log")
+        .lines()
+        .filter(|l| l.contains("239.1.2.3") || l.contains("255.255.255.255"))
+        .count() as u64;
+    eprintln!("client counted {dropped} broadcast/multicast drops; the exit logged {at_exit}");
+    assert!(
+        dropped + at_exit >= 2,
+        "broadcast/multicast neither counted by the client ({dropped}) nor refused by the exit"
+    );
     // Still serving.
     let ok = probe(&t.client, &["udp", &echo(addr::INET), "fine"]);
     assert_eq!(ok.stdout.trim(), "fine", "{}", ok.stderr);

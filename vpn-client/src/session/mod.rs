@@ -80,6 +80,7 @@ struct Driver {
     stats_interval: Duration,
     next_stats: Option<Instant>,
     last_stats: (Instant, u64, u64),
+    last_dropped: status::DroppedStatus,
     kill_switch: bool,
     stall: StallMonitor,
 }
@@ -141,6 +142,7 @@ impl Driver {
             stats_interval: config.stats_interval,
             next_stats: (!config.stats_interval.is_zero()).then(|| now + config.stats_interval),
             last_stats: (now, 0, 0),
+            last_dropped: status::DroppedStatus::default(),
             kill_switch: config.kill_switch,
             stall: StallMonitor::new(config.stall_timeout, now),
         })
@@ -570,6 +572,19 @@ impl Driver {
         );
         self.last_stats = (now, s.bytes_up, s.bytes_down);
         self.next_stats = Some(now + self.stats_interval);
+        let dropped = status::DroppedStatus::of(self.stack.stats());
+        if let Some(d) = dropped.since(&self.last_dropped) {
+            tracing::info!(
+                broadcast_multicast = d.non_unicast,
+                fragments = d.fragment,
+                oversized = d.oversized,
+                unsupported = d.unsupported,
+                malformed = d.malformed,
+                "packets from the TUN not tunnelled since the last stats line (dropped, not \
+                 leaked; totals in `vpn-client status`)"
+            );
+        }
+        self.last_dropped = dropped;
     }
 
     /// Tell the exit we are leaving, give the writers a moment to send it.

@@ -61,6 +61,48 @@ pub struct DnsStatus {
     pub expired: u64,
 }
 
+/// Packets read from the TUN that the userspace stack dropped, by reason (totals
+/// since start; the periodic stats line logs what changed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedStatus {
+    /// Broadcast, multicast or unspecified addresses (mDNS, SSDP, LAN discovery…):
+    /// never tunnelled, never leaked.
+    pub non_unicast: u64,
+    /// IP fragments (never reassembled).
+    pub fragment: u64,
+    /// Larger than the TUN MTU.
+    pub oversized: u64,
+    /// Other protocols, IPv6 extension headers, non-echo ICMP.
+    pub unsupported: u64,
+    /// Unparseable or with a wrong checksum.
+    pub malformed: u64,
+}
+
+impl DroppedStatus {
+    /// The counters of a netstack.
+    pub fn of(ns: &netstack::Stats) -> Self {
+        DroppedStatus {
+            non_unicast: ns.dropped_non_unicast,
+            fragment: ns.dropped_fragment,
+            oversized: ns.dropped_oversized,
+            unsupported: ns.dropped_unsupported,
+            malformed: ns.dropped_malformed + ns.dropped_checksum,
+        }
+    }
+
+    /// What grew since `before`, or `None` if nothing did.
+    pub fn since(&self, before: &Self) -> Option<Self> {
+        let d = DroppedStatus {
+            non_unicast: self.non_unicast - before.non_unicast,
+            fragment: self.fragment - before.fragment,
+            oversized: self.oversized - before.oversized,
+            unsupported: self.unsupported - before.unsupported,
+            malformed: self.malformed - before.malformed,
+        };
+        (d != DroppedStatus::default()).then_some(d)
+    }
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -88,6 +130,9 @@ pub struct Status {
     pub throughput: Throughput,
     /// DNS.
     pub dns: DnsStatus,
+    /// Packets from the TUN that were not tunnelled, by reason.
+    #[serde(default)]
+    pub dropped: DroppedStatus,
     /// Whether the kill switch is on.
     pub kill_switch: bool,
 }
@@ -158,6 +203,7 @@ impl Driver {
                 dropped: ns.dns_dropped,
                 expired: ns.dns_expired,
             },
+            dropped: DroppedStatus::of(ns),
             kill_switch: self.kill_switch,
         }
     }
@@ -224,6 +270,12 @@ impl Status {
             s,
             "dns:         {} queries, {} answers, {} dropped, {} expired",
             self.dns.queries, self.dns.answers, self.dns.dropped, self.dns.expired
+        );
+        let d = &self.dropped;
+        let _ = writeln!(
+            s,
+            "dropped:     {} broadcast/multicast, {} fragments, {} oversized, {} unsupported, {} malformed",
+            d.non_unicast, d.fragment, d.oversized, d.unsupported, d.malformed
         );
         let ks = if self.kill_switch { "on" } else { "off" };
         let _ = writeln!(s, "kill switch: {ks}");

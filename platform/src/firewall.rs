@@ -19,6 +19,11 @@
 //!   DHCP/NDP. Route-all would send the replies into the TUN, where they would ask the
 //!   exit to open flows towards the neighbour: useless, and they tell the exit about the
 //!   LAN (TESTPLAN §16).
+//! * `no_loop` (always): the client's own marked packets (the legs, its own lookups of
+//!   the leg hosts) are rejected if routing sends them into the TUN — e.g. after someone
+//!   adds a main-table default route that resolves through the TUN while up. The legs
+//!   then fail at once ("connection refused", counted by the rule) instead of looping
+//!   through the tunnel they carry (TESTPLAN §17).
 //! * `lan_dns` (router mode, nat prerouting): DNS that LAN hosts send to this host (TCP or
 //!   UDP port 53 to any of its local addresses, the usual DHCP-announced resolver) is
 //!   redirected to the virtual resolvers inside the TUN, so it is answered through the
@@ -83,6 +88,7 @@ impl FirewallConfig {
     pub fn script(&self) -> String {
         let t = &self.table;
         let mut s = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
+        s += &self.no_loop_chain();
         if !self.tun_addresses.is_empty() {
             s += &self.prerouting_chain();
         }
@@ -99,6 +105,17 @@ impl FirewallConfig {
             }
         }
         s + "}\n"
+    }
+
+    fn no_loop_chain(&self) -> String {
+        format!(
+            "  chain no_loop {{\n\
+             \x20   type filter hook output priority -10; policy accept;\n\
+             \x20   oifname \"{tun}\" meta mark {mark:#x} counter reject comment \"routing loop: own packet into the TUN\"\n\
+             \x20 }}\n",
+            tun = self.tun,
+            mark = self.fwmark,
+        )
     }
 
     fn prerouting_chain(&self) -> String {

@@ -388,6 +388,7 @@ fn kill_switch_script_is_one_whole_table() {
         "oifname \"ht0\" accept",
         "udp dport 67",
         "nd-neighbor-solicit",
+        "oifname \"ht0\" meta mark 0x4854 counter reject",
     ] {
         assert!(s.contains(want), "missing {want:?} in\n{s}");
     }
@@ -399,6 +400,7 @@ fn kill_switch_script_is_one_whole_table() {
     };
     let s = router.script();
     assert!(!s.contains("chain output"));
+    assert!(s.contains("chain no_loop"), "{s}");
     assert!(
         s.contains("policy accept;")
             && s.contains("tcp flags syn tcp option maxseg size set rt mtu"),

@@ -256,3 +256,87 @@ fn udp_replies_of_eth0_services_do_not_reach_the_exit() {
         .collect();
     assert!(seen.is_empty(), "the exit saw the LAN's probe: {seen:?}");
 }
+
+/// The `no_loop` rule's packet counter (`nft list chain inet half_tunnel no_loop`).
+fn no_loop_rejected(t: &Topology) -> u64 {
+    let out = t
+        .client
+        .exec("nft", &["list", "chain", "inet", "half_tunnel", "no_loop"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in the no_loop chain:\n{text}"))
+}
+
+/// TESTPLAN §17, the routing-loop case: while the client is up, someone replaces the main
+/// table's default route with one through the TUN (e.g. `ip route add default via GW`
+/// resolving through the tunnel rules). The legs' marked packets would then enter the
+/// tunnel they carry. The `no_loop` rule rejects them: the legs fail at once ("connection
+/// refused", counted by the rule), nothing of theirs enters the TUN, and the tunnel
+/// comes back by itself when the route is repaired. Control: with the rule flushed, the
+/// same route sends the legs' reconnects into the TUN.
+#[test]
+fn a_default_route_into_the_tun_makes_legs_fail_fast_instead_of_looping() {
+    let Some(t) = tunnel("a_default_route_into_the_tun_makes_legs_fail_fast_instead_of_looping")
+    else {
+        return;
+    };
+    let leg_port = |l: &String| {
+        [addr::RELAY_A, addr::RELAY_B]
+            .iter()
+            .any(|r| l.contains(&format!("{r}.{}", port::RELAY)))
+    };
+    let gateway = [
+        "route",
+        "replace",
+        "default",
+        "via",
+        addr::LAN_GW,
+        "dev",
+        "eth0",
+    ];
+    let into_tun = ["route", "replace", "default", "dev", "ht0"];
+    let break_legs = |t: &Topology| {
+        t.client.ip(&into_tun);
+        for leg in [Leg::Up, Leg::Down] {
+            assert_eq!(t.relay(leg, "kill"), "ok");
+        }
+        std::thread::sleep(Duration::from_secs(4));
+    };
+
+    let before = no_loop_rejected(&t);
+    let tun = Capture::start(&t.client, "ht0", t.dir.path());
+    break_legs(&t);
+    let lines = tun.stop();
+    let rejected = no_loop_rejected(&t) - before;
+    let in_tun: Vec<&String> = lines.iter().filter(|l| leg_port(l)).collect();
+    assert!(in_tun.is_empty(), "leg packets entered the TUN: {in_tun:?}");
+    assert!(rejected > 0, "the no_loop rule rejected nothing");
+    let log = t.log("vpn-client.log");
+    assert!(
+        log.contains("cannot connect to 10.20.1.2:443: Connection refused")
+            && log.contains("cannot connect to 10.20.2.2:443: Connection refused"),
+        "the legs did not fail fast on the rejected route:\n{}",
+        t.logs(30)
+    );
+    t.client.ip(&gateway);
+    t.wait_tunnel(Duration::from_secs(40));
+    eprintln!(
+        "route into the TUN: {rejected} leg packets rejected, none entered the TUN; recovered"
+    );
+
+    // Control: without the rule, the same route sends the legs into the TUN.
+    t.client
+        .exec("nft", &["flush", "chain", "inet", "half_tunnel", "no_loop"]);
+    let tun = Capture::start(&t.client, "ht0", t.dir.path());
+    break_legs(&t);
+    let lines = tun.stop();
+    t.client.ip(&gateway);
+    assert!(
+        lines.iter().any(leg_port),
+        "control: without the rule no leg packet entered the TUN ({} packets seen)",
+        lines.len()
+    );
+}

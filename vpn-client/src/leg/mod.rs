@@ -100,6 +100,8 @@ impl std::fmt::Debug for LegEndpoint {
 pub struct Connected {
     /// The address actually connected to.
     pub peer: SocketAddr,
+    /// Our end of the connection (its source address), if the OS told us.
+    pub local: Option<SocketAddr>,
     /// Whether TLS is in use.
     pub tls: bool,
 }
@@ -179,6 +181,7 @@ impl LegEndpoint {
     ) -> Result<(LegStream, Connected), LegError> {
         let (addr, tcp) = self.connect_tcp(prepare).await?;
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         let io: Box<dyn Io> = match &self.tls {
             Some((connector, server)) => {
                 let tls = connector.connect(server.clone(), tcp).await;
@@ -203,6 +206,7 @@ impl LegEndpoint {
             ws,
             Connected {
                 peer: addr,
+                local,
                 tls: self.tls.is_some(),
             },
         ))

@@ -83,6 +83,8 @@ struct Driver {
     last_dropped: status::DroppedStatus,
     kill_switch: bool,
     stall: StallMonitor,
+    /// When to next check that the legs' source addresses still exist.
+    next_address_check: Instant,
 }
 
 /// Run until `shutdown` resolves; then close the session politely and return.
@@ -110,6 +112,19 @@ pub async fn run<D: PacketDevice>(
     }
     d.close().await;
     Ok(())
+}
+
+/// How often the legs' source addresses are checked.
+const ADDRESS_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether `ip` is (still) an address of this host: binding a socket to an address that
+/// is not assigned fails (`EADDRNOTAVAIL`). With `net.ipv4.ip_nonlocal_bind` set every bind
+/// succeeds, and address changes are left to the stall monitor.
+fn address_is_local(ip: std::net::IpAddr) -> bool {
+    match std::net::UdpSocket::bind((ip, 0)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrNotAvailable,
+    }
 }
 
 fn wall_nanos() -> u64 {
@@ -145,6 +160,7 @@ impl Driver {
             last_dropped: status::DroppedStatus::default(),
             kill_switch: config.kill_switch,
             stall: StallMonitor::new(config.stall_timeout, now),
+            next_address_check: now + ADDRESS_CHECK,
         })
     }
 
@@ -200,6 +216,39 @@ impl Driver {
         if self.next_stats.is_some_and(|t| t <= now) {
             self.log_stats(now);
         }
+        if self.next_address_check <= now {
+            self.check_addresses(now);
+        }
+    }
+
+    /// A leg whose source address was removed from this host (the laptop changed networks,
+    /// DHCP gave a new lease) can never carry another byte: reconnect it now from the new
+    /// address instead of waiting for the stall monitor or the leg timeout.
+    fn check_addresses(&mut self, now: Instant) {
+        self.next_address_check = now + ADDRESS_CHECK;
+        for leg in Leg::BOTH {
+            let slot = self.slot(leg);
+            if slot.transport().is_none() {
+                continue;
+            }
+            let Some(local) = slot.peer.as_ref().and_then(|p| p.local) else {
+                continue;
+            };
+            if address_is_local(local.ip()) {
+                continue;
+            }
+            let why = format!(
+                "the {leg} leg's source address {} is no longer on this host",
+                local.ip()
+            );
+            tracing::warn!(leg = %leg, "{why}; reconnecting from the current address");
+            if let Some(conn) = &mut self.conn {
+                conn.leg_lost(now, leg);
+            }
+            let slot = self.slot(leg);
+            slot.last_reconnect = Some(why);
+            slot.restart(now);
+        }
     }
 
     fn on_leg_input(&mut self, now: Instant, input: LegInput) {
@@ -218,6 +267,7 @@ impl Driver {
                     leg = %leg,
                     url = %slot.url,
                     peer = %info.peer,
+                    local = ?info.local,
                     tls = if info.tls { "TLS verified" } else { "plain (no TLS)" },
                     "leg connected"
                 );
@@ -539,11 +589,18 @@ impl Driver {
         let conn = self.conn.as_ref().and_then(Connection::poll_timeout);
         let legs = self.legs.iter().filter_map(LegSlot::deadline);
         let stall = self.stall.poll_timeout();
-        [conn, self.stack.poll_timeout(), self.next_stats, stall]
-            .into_iter()
-            .flatten()
-            .chain(legs)
-            .fold(far, Instant::min)
+        let address = Some(self.next_address_check);
+        [
+            conn,
+            self.stack.poll_timeout(),
+            self.next_stats,
+            stall,
+            address,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(legs)
+        .fold(far, Instant::min)
     }
 
     /// App bytes per second (up, down) since the last stats line.

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod descriptors;
 pub mod dial;
 pub mod dns;
 pub mod keys;

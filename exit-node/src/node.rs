@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, Metrics};
 use crate::config::Config;
+use crate::descriptors::{self, Budget, Descriptors};
 use crate::dial::Dialer;
 use crate::dns::{Dns, DnsError};
 use crate::server::{self, Listening, StartError};
@@ -118,11 +119,15 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         handshakes_per_second: config.file.limits.handshakes_per_second_per_source,
         udp_idle_timeout: config.file.egress.udp_idle_timeout,
     };
+    // Without a readable limit, assume the usual default soft limit.
+    let soft_limit = descriptors::raise_nofile_limit().unwrap_or(1024);
+    let budget = Budget::new(soft_limit, config.file.limits.max_dest_sockets_per_session);
     let hub = Hub::new(
         config.private_key,
         &config.clients,
         dialer(config)?,
         limits,
+        Descriptors::new(budget),
         metrics.clone(),
     );
     let (legs_tx, legs_rx) = mpsc::channel(256);
@@ -186,6 +191,7 @@ async fn stats_lines(hub: Arc<Hub>, every: Duration) {
         tracing::info!(
             sessions = hub.session_count(),
             streams,
+            dest_sockets = hub.dest_sockets(),
             up_bytes_per_sec = (up.saturating_sub(last.0) as f64 / secs) as u64,
             down_bytes_per_sec = (down.saturating_sub(last.1) as f64 / secs) as u64,
             "stats"

@@ -483,17 +483,21 @@ fn limits_hold_under_abuse_while_a_good_client_is_served() {
 }
 
 /// One client must not be able to take the descriptors the exit needs for everybody else.
-/// With the exit's `RLIMIT_NOFILE` at 256 (a stand-in for the 1024 soft limit a systemd
-/// service gets by default) and the default 16384 streams per session, a second client
-/// holding 400 TCP flows makes every further dial and accept fail with EMFILE: the good
-/// client's new flows get "no route to host" and a killed leg cannot reconnect until the
-/// flood ends. Ignored until the exit keeps a descriptor budget (see `tests/README.md`).
+/// The exit's `RLIMIT_NOFILE` is lowered to 256 while it runs (a stand-in for the 1024 soft
+/// limit a systemd service gets by default) and the session keeps the default 16384 streams;
+/// a second client then tries to hold 400 TCP flows. Without a descriptor budget every
+/// further dial and accept failed with EMFILE. Now the exit keeps `max(64, 256 / 8) = 64`
+/// descriptors in reserve and lets each of the two sessions hold at most
+/// `192 / (2 + 1) = 64` destination sockets: the flood gets at most 64 flows (refusals
+/// counted in `limits_hit{reason="descriptors"}` and logged), the exit stays under its
+/// limit, and the good client's new TCP flows, UDP and a leg reconnect keep working.
 #[test]
-#[ignore = "exit-node bug: one client can exhaust the exit's file descriptors"]
 fn one_client_cannot_exhaust_the_exits_descriptors() {
     if !namespaces_available("one_client_cannot_exhaust_the_exits_descriptors") {
         return;
     }
+    /// The fair share of each of the two sessions for a limit of 256 (see above).
+    const SHARE: u64 = 64;
     let mut t = Topology::new();
     let c2 = ExtraClient::new(&t, 2);
     t.exit_config_extra(&c2.exit_clients_toml());
@@ -502,20 +506,65 @@ fn one_client_cannot_exhaust_the_exits_descriptors() {
     t.wait_tunnel(Duration::from_secs(20));
     c2.start(&exit_public);
     c2.wait_tunnel(Duration::from_secs(20));
-    let pid = t.exit_pid().expect("exit runs").to_string();
+    let exit_pid = t.exit_pid().expect("exit runs");
+    let pid = exit_pid.to_string();
     let limit = std::process::Command::new("prlimit")
         .args(["--pid", &pid, "--nofile=256:256"])
         .status()
         .expect("run prlimit");
     assert!(limit.success(), "prlimit on exit-node");
+    let refused = || t.exit_counter("half_tunnel_exit_limits_hit_total{reason=\"descriptors\"}");
+    let refused_before = refused();
     let echo = format!("{}:{}", addr::INET, port::ECHO);
     let flood = spawn(&c2.ns, "ht-abuse", &["hold-tcp", &echo, "400", "12"]);
     std::thread::sleep(Duration::from_secs(6));
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{exit_pid}/fd"))
+            .expect("list the exit's descriptors")
+            .count()
+    };
+    let fds = open_fds();
+    eprintln!("exit descriptors during the flood: {fds}");
+    assert!(
+        fds < 256 - 32,
+        "{fds} descriptors open: too close to the limit"
+    );
     let get = probe(&t.client, &["get", &http(), "/bytes/1000"]);
     assert!(get.ok, "the good client's new flow failed: {}", get.stderr);
+    assert_eq!(field(&get.stdout, "sha256"), Some(expected_sha256(1000)));
+    let udp = probe(&t.client, &["udp", &echo, "still-here"]);
+    assert!(
+        udp.ok && udp.stdout.contains("still-here"),
+        "the good client's UDP failed: {}{}",
+        udp.stdout,
+        udp.stderr
+    );
     assert_eq!(t.relay(e2e::topology::Leg::Up, "kill"), "ok");
     std::thread::sleep(Duration::from_secs(2));
     let get = probe(&t.client, &["get", &http(), "/bytes/1000"]);
     assert!(get.ok, "after a leg kill: {}", get.stderr);
-    finish(flood, "400 flows from one client");
+    let held = finish(flood, "400 flows from one client");
+    let ok = num(&held, "ok");
+    assert!(
+        ok <= SHARE,
+        "{ok} flows of one client worked: its share is {SHARE}"
+    );
+    assert!(ok >= SHARE / 2, "only {ok} flows worked under the share");
+    let refusals = refused() - refused_before;
+    assert!(
+        refusals >= (400 - SHARE) as f64,
+        "limits_hit{{reason=\"descriptors\"}} grew by {refusals}"
+    );
+    let log = t.log("exit-node.log");
+    assert!(
+        log.contains("stream refused: descriptor limit"),
+        "no log line for the refusals"
+    );
+    assert!(
+        !log.contains("Too many open files"),
+        "the exit ran out of descriptors"
+    );
+    for name in ["exit-node.log", "vpn-client.log", &c2.log_name()] {
+        assert!(!t.log(name).contains("panicked"), "{name} has a panic");
+    }
 }

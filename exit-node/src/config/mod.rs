@@ -226,6 +226,9 @@ pub struct LimitsConfig {
     /// Per-client bytes per second each way; 0 = unlimited. Not enforced yet: other values
     /// are refused when the node starts.
     pub bandwidth_per_client: u64,
+    /// Destination sockets (TCP, UDP, ping) one session may hold; 0 = only the fair share
+    /// of the node's descriptor budget (see `crate::descriptors`), which always applies.
+    pub max_dest_sockets_per_session: usize,
 }
 
 impl Default for LimitsConfig {
@@ -239,6 +242,7 @@ impl Default for LimitsConfig {
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 1 << 20,
             bandwidth_per_client: 0,
+            max_dest_sockets_per_session: 0,
         }
     }
 }

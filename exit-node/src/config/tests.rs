@@ -71,6 +71,10 @@ fn sample_parses_and_matches_the_defaults() {
     assert_eq!(file.limits.max_message_size, d.max_message_size);
     assert_eq!(file.limits.bandwidth_per_client, d.bandwidth_per_client);
     assert_eq!(
+        file.limits.max_dest_sockets_per_session,
+        d.max_dest_sockets_per_session
+    );
+    assert_eq!(
         file.egress.blocked_ports,
         EgressConfig::default().blocked_ports
     );

@@ -105,8 +105,20 @@ impl Dialer {
         client: &[u8; 32],
         target: &Target,
     ) -> Result<TcpStream, DialError> {
+        self.connect_tcp_limited(client, target, || Some(())).await
+    }
+
+    /// [`Dialer::connect_tcp`] where every attempt after the first needs a guard from
+    /// `more` (a descriptor permit, held until the attempt ends); without one, no further
+    /// attempt starts until a running one ends.
+    pub async fn connect_tcp_limited<G: Send + 'static>(
+        &self,
+        client: &[u8; 32],
+        target: &Target,
+        more: impl FnMut() -> Option<G>,
+    ) -> Result<TcpStream, DialError> {
         let addrs = self.allowed_addrs(client, target, Transport::Tcp).await?;
-        let race = race(addrs);
+        let race = race(addrs, more);
         match tokio::time::timeout(self.connect_timeout, race).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -159,14 +171,31 @@ fn interleave(ips: Vec<IpAddr>) -> Vec<IpAddr> {
     }
 }
 
-/// Staggered connection attempts; the first success wins.
-async fn race(addrs: Vec<SocketAddr>) -> std::io::Result<TcpStream> {
+/// Staggered connection attempts; the first success wins. The first attempt uses the
+/// caller's descriptor; each later one holds a guard from `more` while it runs.
+async fn race<G: Send + 'static>(
+    addrs: Vec<SocketAddr>,
+    mut more: impl FnMut() -> Option<G>,
+) -> std::io::Result<TcpStream> {
     let mut attempts = JoinSet::new();
-    let mut pending = addrs.into_iter();
+    let mut pending = addrs.into_iter().peekable();
     let mut last_err = std::io::Error::new(std::io::ErrorKind::NotFound, "no address to try");
     loop {
-        if let Some(addr) = pending.next() {
-            attempts.spawn(TcpStream::connect(addr));
+        // `Some(None)`: the caller's descriptor (no attempt holds it now).
+        let guard = if attempts.is_empty() {
+            Some(None)
+        } else if pending.peek().is_some() {
+            more().map(Some)
+        } else {
+            None
+        };
+        if let Some(guard) = guard
+            && let Some(addr) = pending.next()
+        {
+            attempts.spawn(async move {
+                let _guard = guard;
+                TcpStream::connect(addr).await
+            });
         }
         let next_attempt = tokio::time::sleep(ATTEMPT_DELAY);
         tokio::select! {

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::streams::{Dialed, Flow, MAX_OUTSTANDING, WriterCmd, describe};
 use super::{ClientInfo, Hub, Status, lock};
 use crate::admin::{Direction, DirectionLabel, ReasonLabel};
+use crate::descriptors::{Permit, SessionFds};
 use crate::dial::DialError;
 use crate::listener::{self, LegSocket};
 use crate::policy::Refusal;
@@ -28,6 +29,8 @@ const LEG_QUEUE: usize = 64;
 const STREAM_READ: usize = 256 * 1024;
 /// Inputs handled per loop turn before transmits are drained.
 const BATCH: usize = 64;
+/// At most one log line per session this often for refused destination sockets.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything that wakes the driver.
 #[derive(Debug)]
@@ -42,10 +45,11 @@ pub(crate) enum Input {
     },
     /// A leg's transport closed or failed.
     LegClosed { leg: proto::Leg, generation: u64 },
-    /// A dial finished.
+    /// A dial finished; `permit` is the destination socket's descriptor.
     Dialed {
         id: StreamId,
         result: Result<Dialed, DialError>,
+        permit: Permit,
     },
     /// Bytes from a TCP destination.
     TcpData { id: StreamId, data: Bytes },
@@ -101,6 +105,10 @@ pub(crate) struct Driver {
     flows: HashMap<StreamId, Flow>,
     /// Echo requests in flight.
     echoes: usize,
+    /// This session's account in the node's descriptor budget.
+    fds: SessionFds,
+    /// When a descriptor refusal was last logged, and how many were not logged since.
+    refusals_logged: Option<(Instant, u64)>,
 }
 
 impl Driver {
@@ -110,6 +118,7 @@ impl Driver {
         conn: Connection,
         inbox: mpsc::Sender<Input>,
         status: Arc<Mutex<Status>>,
+        fds: SessionFds,
     ) -> Self {
         Driver {
             hub,
@@ -122,6 +131,8 @@ impl Driver {
             stalled: None,
             flows: HashMap::new(),
             echoes: 0,
+            fds,
+            refusals_logged: None,
         }
     }
 
@@ -314,7 +325,7 @@ impl Driver {
                     self.drop_leg(leg, &"transport closed");
                 }
             }
-            Input::Dialed { id, result } => self.on_dialed(id, result),
+            Input::Dialed { id, result, permit } => self.on_dialed(id, result, permit),
             Input::TcpData { id, data } => self.on_tcp_data(id, data),
             Input::TcpEof { id } => self.on_tcp_eof(id),
             Input::TcpError { id, error } => {
@@ -353,14 +364,14 @@ impl Driver {
         }
     }
 
-    fn on_dialed(&mut self, id: StreamId, result: Result<Dialed, DialError>) {
+    fn on_dialed(&mut self, id: StreamId, result: Result<Dialed, DialError>, permit: Permit) {
         let Some(flow) = self.flows.get_mut(&id) else {
             return;
         };
         match result {
             Ok(dialed) => {
                 let tcp = matches!(dialed, Dialed::Tcp(_));
-                flow.connect(id, dialed, &self.inbox);
+                flow.connect(id, dialed, permit, &self.inbox);
                 if tcp {
                     let _ = self.conn.accept_stream(id);
                 }
@@ -499,17 +510,54 @@ impl Driver {
     fn on_open(&mut self, id: StreamId, kind: StreamKind, dest: proto::Destination) {
         let (target, text) = describe(&dest);
         tracing::debug!(session = %self.conn.session_id(), stream = %id, ?kind, target = %text, "stream opened");
+        let Some(permit) = self.descriptor(&text) else {
+            let _ = self.conn.reset_stream(id, ResetCode::TooManyStreams);
+            return;
+        };
         self.flows.insert(id, Flow::dialing(text, self.now()));
         let dialer = self.hub.dialer();
         let key = self.client.key;
         let inbox = self.inbox.clone();
+        let fds = self.fds.clone();
         tokio::spawn(async move {
             let result = match kind {
-                StreamKind::Tcp => dialer.connect_tcp(&key, &target).await.map(Dialed::Tcp),
+                StreamKind::Tcp => dialer
+                    .connect_tcp_limited(&key, &target, || fds.try_acquire().ok())
+                    .await
+                    .map(Dialed::Tcp),
                 StreamKind::Udp => dialer.connect_udp(&key, &target).await.map(Dialed::Udp),
             };
-            let _ = inbox.send(Input::Dialed { id, result }).await;
+            let _ = inbox.send(Input::Dialed { id, result, permit }).await;
         });
+    }
+
+    /// A descriptor for a destination socket to `target`, or `None` (counted, and logged at
+    /// most once per `REFUSAL_LOG_EVERY` with the number left unlogged) when the session
+    /// holds its share of the node's budget.
+    fn descriptor(&mut self, target: &str) -> Option<Permit> {
+        let refusal = match self.fds.try_acquire() {
+            Ok(permit) => return Some(permit),
+            Err(r) => r,
+        };
+        self.hub
+            .metrics
+            .limits_hit
+            .get_or_create(&ReasonLabel {
+                reason: "descriptors",
+            })
+            .inc();
+        let now = Instant::now();
+        match &mut self.refusals_logged {
+            Some((at, unlogged)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
+                *unlogged += 1;
+            }
+            logged => {
+                let unlogged = logged.map_or(0, |(_, n)| n);
+                tracing::warn!(session = %self.conn.session_id(), client = %self.client.name, %target, reason = %refusal, refused_since_last_line = unlogged, "stream refused: descriptor limit");
+                *logged = Some((now, 0));
+            }
+        }
+        None
     }
 
     fn on_datagram(&mut self, id: StreamId, data: Bytes) {
@@ -525,6 +573,9 @@ impl Driver {
         if self.echoes >= super::echo::MAX_ECHOES {
             return;
         }
+        let Some(permit) = self.descriptor(&dest.to_string()) else {
+            return;
+        };
         self.echoes += 1;
         let dialer = self.hub.dialer();
         let key = self.client.key;
@@ -536,7 +587,11 @@ impl Driver {
                 .allowed_addrs(&key, &target, crate::policy::Transport::Udp)
                 .await
             {
-                Ok(addrs) => super::echo::echo(addrs[0].ip(), &data).await,
+                Ok(addrs) => {
+                    let reply = super::echo::echo(addrs[0].ip(), &data).await;
+                    drop(permit);
+                    reply
+                }
                 Err(e) => {
                     tracing::info!(%session, %dest, error = %e, "echo refused");
                     None

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use uuid::Uuid;
 
 use crate::admin::{Metrics, ReasonLabel, SessionAdmin};
+use crate::descriptors::Descriptors;
 use crate::dial::Dialer;
 use crate::listener::{Leg, LegSocket, LegStream};
 
@@ -80,6 +81,8 @@ pub struct Hub {
     dialer: RwLock<Arc<Dialer>>,
     limits: SessionLimits,
     rate: Mutex<RateLimiter>,
+    /// The node's budget of descriptors for destination sockets.
+    descriptors: Descriptors,
     /// Metrics shared with the admin listener.
     pub metrics: Metrics,
 }
@@ -108,12 +111,14 @@ fn names(clients: &[crate::config::Client]) -> HashMap<[u8; 32], String> {
 }
 
 impl Hub {
-    /// A store for the exit key, clients and dialer given.
+    /// A store for the exit key, clients and dialer given; destination sockets are taken
+    /// from `descriptors`.
     pub fn new(
         private_key: [u8; 32],
         clients: &[crate::config::Client],
         dialer: Dialer,
         limits: SessionLimits,
+        descriptors: Descriptors,
         metrics: Metrics,
     ) -> Arc<Hub> {
         let acceptor = proto::Acceptor::new(private_key, &allowed(clients), limits.proto.clone());
@@ -123,6 +128,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             dialer: RwLock::new(Arc::new(dialer)),
             rate: Mutex::new(RateLimiter::new(limits.handshakes_per_second)),
+            descriptors,
             limits,
             metrics,
         })
@@ -182,6 +188,11 @@ impl Hub {
 
     pub(crate) fn limits(&self) -> &SessionLimits {
         &self.limits
+    }
+
+    /// Destination sockets held over all sessions.
+    pub fn dest_sockets(&self) -> usize {
+        self.descriptors.used()
     }
 
     fn reject(
@@ -375,7 +386,8 @@ fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up:
     hub.metrics.sessions.set(hub.session_count() as i64);
     tracing::info!(session = %id, client = %client.name, peer = %up.peer, tls = up.tls, "session started");
     tokio::spawn(async move {
-        let driver = driver::Driver::new(hub.clone(), client, conn, tx, status);
+        let fds = hub.descriptors.session();
+        let driver = driver::Driver::new(hub.clone(), client, conn, tx, status, fds);
         driver.run(rx, up).await;
         hub.remove(id);
         tracing::info!(session = %id, "session ended");

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::Input;
+use crate::descriptors::Permit;
 
 /// Bytes read from a destination per chunk.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -97,8 +98,16 @@ impl Flow {
         }
     }
 
-    /// Start the tasks of a connected destination.
-    pub fn connect(&mut self, id: StreamId, dialed: Dialed, inbox: &mpsc::Sender<Input>) {
+    /// Start the tasks of a connected destination. Both tasks hold `permit`: its descriptor
+    /// returns to the budget when the last of them, and with it the socket, is gone.
+    pub fn connect(
+        &mut self,
+        id: StreamId,
+        dialed: Dialed,
+        permit: Permit,
+        inbox: &mpsc::Sender<Input>,
+    ) {
+        let permit = Arc::new(permit);
         let backlog = match &mut self.io {
             FlowIo::Dialing { backlog } => std::mem::take(backlog),
             _ => Vec::new(),
@@ -108,8 +117,14 @@ impl Flow {
                 let (rd, wr) = tcp.into_split();
                 let (to_writer, writer_rx) = mpsc::unbounded_channel();
                 let (go, go_rx) = mpsc::channel(1);
-                let r = tokio::spawn(tcp_reader(id, rd, inbox.clone(), go_rx));
-                let w = tokio::spawn(tcp_writer(id, wr, writer_rx, inbox.clone()));
+                let r = tokio::spawn(holding(
+                    permit.clone(),
+                    tcp_reader(id, rd, inbox.clone(), go_rx),
+                ));
+                let w = tokio::spawn(holding(
+                    permit,
+                    tcp_writer(id, wr, writer_rx, inbox.clone()),
+                ));
                 self.tasks = vec![r.abort_handle(), w.abort_handle()];
                 self.io = FlowIo::Tcp { to_writer, go };
             }
@@ -119,8 +134,11 @@ impl Flow {
                 for d in backlog {
                     let _ = out.try_send(d);
                 }
-                let r = tokio::spawn(udp_reader(id, udp.clone(), inbox.clone()));
-                let w = tokio::spawn(udp_writer(udp, out_rx));
+                let r = tokio::spawn(holding(
+                    permit.clone(),
+                    udp_reader(id, udp.clone(), inbox.clone()),
+                ));
+                let w = tokio::spawn(holding(permit, udp_writer(udp, out_rx)));
                 self.tasks = vec![r.abort_handle(), w.abort_handle()];
                 self.io = FlowIo::Udp { out };
             }
@@ -166,6 +184,14 @@ impl Flow {
     pub fn is_tcp_open(&self) -> bool {
         matches!(self.io, FlowIo::Tcp { .. })
     }
+}
+
+/// Run `task`, keeping `permit` until it ends or is aborted (the future is dropped with
+/// the socket half it owns).
+async fn holding<F: std::future::Future>(permit: Arc<Permit>, task: F) -> F::Output {
+    let output = task.await;
+    drop(permit);
+    output
 }
 
 async fn tcp_reader(

@@ -797,3 +797,87 @@ async fn graceful_shutdown_closes_sessions_with_a_reason() {
     assert_eq!(s.node.hub.session_count(), 0);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn destination_sockets_over_the_session_share_are_refused_and_given_back_on_close() {
+    let s = setup_with(
+        r#"allow_cidrs = ["127.0.0.0/8"]"#,
+        "max_dest_sockets_per_session = 3",
+    )
+    .await;
+    let (echo, dialled) = echo_server().await;
+    let refusals = || {
+        s.node
+            .hub
+            .metrics
+            .limits_hit
+            .get_or_create(&crate::admin::ReasonLabel {
+                reason: "descriptors",
+            })
+            .get()
+    };
+    let mut c = Client::connect(&s).await;
+    let open = |c: &mut Client, kind| {
+        c.conn
+            .open_stream(kind, Destination::Addr(echo))
+            .expect("open stream")
+    };
+    let held: Vec<StreamId> = (0..3).map(|_| open(&mut c, StreamKind::Tcp)).collect();
+    for kind in [StreamKind::Tcp, StreamKind::Udp] {
+        let extra = open(&mut c, kind);
+        let reset = c
+            .until(
+                Duration::from_secs(5),
+                |e| matches!(e, Event::StreamReset { id, .. } if *id == extra),
+            )
+            .await;
+        assert_eq!(
+            reset,
+            Some(Event::StreamReset {
+                id: extra,
+                code: ResetCode::TooManyStreams
+            }),
+            "{kind:?} stream over the share"
+        );
+    }
+    assert_eq!(refusals(), 2);
+    assert_eq!(s.node.hub.dest_sockets(), 3);
+    assert_eq!(
+        dialled.load(Ordering::Relaxed),
+        3,
+        "nothing dialled for refusals"
+    );
+
+    // A finished stream gives its descriptor back once both its halves are done.
+    c.conn.stream_write(held[0], b"done").unwrap();
+    c.conn.stream_finish(held[0]).unwrap();
+    assert_eq!(c.read_all(held[0], Duration::from_secs(5)).await, b"done");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.node.hub.dest_sockets() > 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "descriptor not returned"
+        );
+        c.until(Duration::from_millis(50), |_| false).await;
+    }
+    let again = open(&mut c, StreamKind::Tcp);
+    c.conn.stream_write(again, b"again").unwrap();
+    c.conn.stream_finish(again).unwrap();
+    assert_eq!(c.read_all(again, Duration::from_secs(5)).await, b"again");
+    assert_eq!(refusals(), 2);
+
+    // The session's end gives back everything it held (two streams are still open).
+    assert_eq!(s.node.hub.dest_sockets(), 2);
+    s.node
+        .hub
+        .close_all(proto::CloseCode::Normal, "test ends the session");
+    drop(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.node.hub.dest_sockets() > 0 || s.node.hub.session_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "descriptors kept after the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -164,3 +164,47 @@ fn interleave_alternates_families_ipv6_first() {
     let got: Vec<String> = interleave(ips).iter().map(|ip| ip.to_string()).collect();
     assert_eq!(got, ["2606::1", "1.1.1.1", "1.0.0.1"]);
 }
+
+/// A listener whose accept queue is full: further connects get no answer (the kernel
+/// drops their SYNs), like a black-holed address. Keep the returned values alive.
+fn unanswering() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    // Fill the queue (a backlog of 0 still queues one or two connections).
+    let fill = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (listener, fill, addr)
+}
+
+/// Happy-eyeballs attempts after the first each need a guard (a descriptor permit):
+/// without one, no second socket is opened while the first attempt hangs.
+#[tokio::test]
+async fn later_attempts_wait_for_a_guard() {
+    let (_hold, _fill, hanging) = unanswering();
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let good = server.local_addr().unwrap();
+    let limit = Duration::from_millis(1500);
+    let denied = tokio::time::timeout(limit, race(vec![hanging, good], || None::<()>)).await;
+    assert!(
+        denied.is_err(),
+        "a second attempt ran without a guard: {denied:?}"
+    );
+    let guards = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let g = guards.clone();
+    let more = move || {
+        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(())
+    };
+    let won = tokio::time::timeout(limit, race(vec![hanging, good], more)).await;
+    let stream = won.expect("the guarded second attempt connects").unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), good);
+    assert_eq!(guards.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

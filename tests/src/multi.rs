@@ -94,49 +94,16 @@ impl ExtraClient {
         std::fs::write(&resolv, "# before vpn-client up\nnameserver 192.0.2.53\n")
             .expect("write resolv.conf");
         let tag = &self.tag;
-        let config = format!(
-            r#"# Written by the e2e multi-client helper.
-private_key_file = "{key}"
-exit_public_key = "{exit_public}"
-
-[up]
-url = "wss://a.test/u"
-connect_address = "{relay_a}:{relay_port}"
-ca_file = "{ca}"
-
-[down]
-url = "wss://b.test/d"
-connect_address = "{relay_b}:{relay_port}"
-ca_file = "{ca}"
-
-[tun]
-name = "ht0"
-
-[dns]
-manage_system_dns = true
-resolv_conf = "{resolv}"
-
-[session]
-reconnect_initial = "200ms"
-reconnect_max = "2s"
-exit_has_ipv6 = false
-
-[runtime]
-control_socket = "{control}"
-journal_dir = "{journal}"
-
-[log]
-stats_interval = "5s"
-"#,
-            key = self.file(&format!("{tag}.key")),
-            relay_a = addr::RELAY_A,
-            relay_b = addr::RELAY_B,
-            relay_port = port::RELAY,
-            ca = self.file("ca.pem"),
-            resolv = resolv.display(),
-            control = self.file(&format!("{tag}-control.sock")),
-            journal = self.file(&format!("{tag}-journal")),
-        );
+        let config = crate::topology::client_config(&crate::topology::ClientFiles {
+            key: &self.file(&format!("{tag}.key")),
+            exit_public,
+            ca: &self.file("ca.pem"),
+            resolv: &resolv.display().to_string(),
+            control: &self.file(&format!("{tag}-control.sock")),
+            journal: &self.file(&format!("{tag}-journal")),
+            exit_has_ipv6: false,
+            extra: "",
+        });
         let config_path = self.file(&format!("{tag}.toml"));
         std::fs::write(&config_path, config).expect("write client config");
         let pid = self.ns.spawn_logged(

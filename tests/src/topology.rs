@@ -589,52 +589,16 @@ stats_interval = "5s"
         std::fs::write(&resolv, "# before vpn-client up\nnameserver 192.0.2.53\n")
             .expect("write resolv.conf");
         let ca = self.file("ca.pem");
-        let config = format!(
-            r#"# Written by the e2e topology.
-private_key_file = "{key}"
-exit_public_key = "{exit_public}"
-
-[up]
-url = "wss://a.test/u"
-connect_address = "{relay_a}:{relay_port}"
-ca_file = "{ca}"
-
-[down]
-url = "wss://b.test/d"
-connect_address = "{relay_b}:{relay_port}"
-ca_file = "{ca}"
-
-[tun]
-name = "ht0"
-
-[dns]
-manage_system_dns = true
-resolv_conf = "{resolv}"
-
-[session]
-reconnect_initial = "200ms"
-reconnect_max = "2s"
-# The exit namespace has no IPv6: IPv6 must be refused inside the tunnel (unless a test
-# sets it to exercise the exit's policy on IPv6 destinations).
-exit_has_ipv6 = {v6}
-
-[runtime]
-control_socket = "{control}"
-journal_dir = "{journal}"
-
-[log]
-stats_interval = "5s"
-{extra}"#,
-            extra = self.client_extra,
-            v6 = self.exit_has_ipv6,
-            key = self.file("client.key"),
-            relay_a = addr::RELAY_A,
-            relay_b = addr::RELAY_B,
-            relay_port = port::RELAY,
-            resolv = resolv.display(),
-            control = self.file("control.sock"),
-            journal = self.file("journal"),
-        );
+        let config = client_config(&ClientFiles {
+            key: &self.file("client.key"),
+            exit_public,
+            ca: &ca,
+            resolv: &resolv.display().to_string(),
+            control: &self.file("control.sock"),
+            journal: &self.file("journal"),
+            exit_has_ipv6: self.exit_has_ipv6,
+            extra: &self.client_extra,
+        });
         std::fs::write(self.path("client.toml"), config).expect("write client config");
     }
 
@@ -814,6 +778,80 @@ impl Drop for Topology {
         }
         let _ = std::fs::remove_dir_all(&self.netns_etc);
     }
+}
+
+/// Where a test client's files are, and its few varying settings.
+#[derive(Debug)]
+pub struct ClientFiles<'a> {
+    /// Its private key file.
+    pub key: &'a str,
+    /// The exit's public key.
+    pub exit_public: &'a str,
+    /// The topology CA (relays' certificates).
+    pub ca: &'a str,
+    /// The resolver file it manages.
+    pub resolv: &'a str,
+    /// Its control socket.
+    pub control: &'a str,
+    /// Its undo-journal directory.
+    pub journal: &'a str,
+    /// `session.exit_has_ipv6`.
+    pub exit_has_ipv6: bool,
+    /// TOML appended at the end.
+    pub extra: &'a str,
+}
+
+/// The client config every test client uses: both legs through the relays (TLS with the
+/// topology CA), TUN `ht0`, managed resolver file, fast reconnects, 5 s stats lines.
+pub fn client_config(f: &ClientFiles<'_>) -> String {
+    format!(
+        r#"# Written by the e2e topology.
+private_key_file = "{key}"
+exit_public_key = "{exit_public}"
+
+[up]
+url = "wss://a.test/u"
+connect_address = "{relay_a}:{relay_port}"
+ca_file = "{ca}"
+
+[down]
+url = "wss://b.test/d"
+connect_address = "{relay_b}:{relay_port}"
+ca_file = "{ca}"
+
+[tun]
+name = "ht0"
+
+[dns]
+manage_system_dns = true
+resolv_conf = "{resolv}"
+
+[session]
+reconnect_initial = "200ms"
+reconnect_max = "2s"
+# The exit namespace has no IPv6 unless a test gives it some: IPv6 must then be refused
+# inside the tunnel.
+exit_has_ipv6 = {v6}
+
+[runtime]
+control_socket = "{control}"
+journal_dir = "{journal}"
+
+[log]
+stats_interval = "5s"
+{extra}"#,
+        key = f.key,
+        exit_public = f.exit_public,
+        ca = f.ca,
+        resolv = f.resolv,
+        control = f.control,
+        journal = f.journal,
+        v6 = f.exit_has_ipv6,
+        extra = f.extra,
+        relay_a = addr::RELAY_A,
+        relay_b = addr::RELAY_B,
+        relay_port = port::RELAY,
+    )
 }
 
 /// What a probe run printed.

@@ -854,6 +854,34 @@ stats_interval = "5s"
     )
 }
 
+/// Runs every `ht-probe` command of `attempts` in `ns` at once and panics (naming
+/// `context`) if any got an answer: an echo of "x", an HTTP 200 or the inet address in a
+/// DNS answer. For tests in which nothing may get through (legs cut, kill switch).
+pub fn assert_no_attempt_answered(ns: &Netns, attempts: &[Vec<String>], context: &str) {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = attempts
+            .iter()
+            .map(|args| {
+                s.spawn(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    (args.join(" "), probe(ns, &args))
+                })
+            })
+            .collect();
+        for h in handles {
+            let (what, out) = h.join().expect("probe thread");
+            let reached = out.stdout.trim() == "x"
+                || out.stdout.contains("status=200")
+                || out.stdout.contains(addr::INET);
+            assert!(
+                !(out.ok && reached),
+                "{context}: {what} got an answer: {}",
+                out.stdout
+            );
+        }
+    });
+}
+
 /// What a probe run printed.
 #[derive(Debug, Clone)]
 pub struct ProbeOutput {

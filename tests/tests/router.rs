@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use e2e::extra::{self, lan};
 use e2e::netns::{Netns, namespaces_available};
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
-use e2e::topology::{Capture, Leg, Topology, addr, bin, is_leg_or_link_traffic, port, probe};
+use e2e::topology::{
+    Capture, Leg, Topology, addr, assert_no_attempt_answered, bin, is_leg_or_link_traffic, port,
+    probe,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -315,28 +318,7 @@ fn lan_host_tries_everything(host: &Netns, rounds_for: Duration) -> u32 {
     let start = Instant::now();
     let mut rounds = 0;
     while rounds == 0 || start.elapsed() < rounds_for {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = attempts
-                .iter()
-                .map(|args| {
-                    s.spawn(move || {
-                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                        (args.join(" "), probe(host, &args))
-                    })
-                })
-                .collect();
-            for h in handles {
-                let (what, out) = h.join().unwrap();
-                let reached = out.stdout.trim() == "x"
-                    || out.stdout.contains("status=200")
-                    || out.stdout.contains(addr::INET);
-                assert!(
-                    !(out.ok && reached),
-                    "lan host: {what} got an answer without the tunnel: {}",
-                    out.stdout
-                );
-            }
-        });
+        assert_no_attempt_answered(host, &attempts, "lan host without the tunnel");
         rounds += 1;
     }
     rounds

@@ -121,6 +121,13 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
     };
     // Without a readable limit, assume the usual default soft limit.
     let soft_limit = descriptors::raise_nofile_limit().unwrap_or(1024);
+    if let Some(warning) = leg_descriptors_warning(config.file.limits.max_sessions, soft_limit) {
+        tracing::warn!(
+            max_sessions = config.file.limits.max_sessions,
+            soft_limit,
+            "{warning}"
+        );
+    }
     let budget = Budget::new(soft_limit, config.file.limits.max_dest_sockets_per_session);
     let hub = Hub::new(
         config.private_key,
@@ -198,5 +205,35 @@ async fn stats_lines(hub: Arc<Hub>, every: Duration) {
         );
         hub.metrics.streams.set(streams as i64);
         last = (up, down);
+    }
+}
+
+/// Every session holds two leg sockets outside the destination budget: if
+/// `limits.max_sessions` sessions' legs alone would not fit in the descriptor limit (with
+/// room for the listeners), a full house starves everything; say so at start.
+fn leg_descriptors_warning(max_sessions: usize, soft_limit: u64) -> Option<String> {
+    let legs = 2 * max_sessions as u64;
+    (legs + 64 > soft_limit).then(|| {
+        format!(
+            "limits.max_sessions = {max_sessions} needs about {legs} descriptors for legs \
+             alone, but the limit is {soft_limit}: raise it (LimitNOFILE=) or lower \
+             limits.max_sessions"
+        )
+    })
+}
+
+#[cfg(test)]
+mod leg_descriptor_tests {
+    use super::leg_descriptors_warning;
+
+    #[test]
+    fn too_many_sessions_for_the_descriptor_limit_are_warned_about() {
+        let w = leg_descriptors_warning(1024, 1024).expect("1024 sessions need 2048 fds");
+        assert!(
+            w.contains("limits.max_sessions = 1024") && w.contains("2048"),
+            "{w}"
+        );
+        assert!(leg_descriptors_warning(1024, 65536).is_none());
+        assert!(leg_descriptors_warning(400, 1024).is_none());
     }
 }

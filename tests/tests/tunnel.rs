@@ -2,7 +2,7 @@
 //! behind two TLS relays, apps in the client namespace reaching the inet namespace only
 //! through the tunnel (TESTPLAN §9, §18, §20; issue 5's proof list).
 //!
-//! Transfer sizes default to 64 MiB; `HT_E2E_MIB` sets them (e.g. 1024 for the 1 GiB
+//! Transfer sizes default to 100 MiB (issue 5); `HT_E2E_MIB` sets them (e.g. 1024 for the 1 GiB
 //! variant of TESTPLAN §20).
 
 use std::io::Read as _;
@@ -19,7 +19,7 @@ fn size() -> u64 {
     std::env::var("HT_E2E_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(100)
         * MIB
 }
 

@@ -1,14 +1,17 @@
 #!/bin/sh
-# Half-Tunnel benchmark (issue 7): builds release binaries, then (as root) creates two sets
-# of throwaway network namespaces — the direct path (kernel forwarding client → lan →
-# relay-a → exit → inet) and the tunnel (vpn-client with its TUN, both legs through the TLS
-# relays, exit-node) — and measures each figure on both paths several times: TCP bulk
+# Half-Tunnel benchmark (issue 7): builds release binaries, then (as root) creates sets of
+# throwaway network namespaces — the direct path (kernel forwarding client → lan →
+# relay-a → exit → inet) and the tunnel (vpn-client with its TUN, exit-node) once per leg
+# mode: both legs through the TLS relays, and both legs straight to the exit terminating
+# TLS, the relay namespaces only forwarding (--legs relays|direct|both, default both) —
+# and measures each figure on every path several times: TCP bulk
 # throughput and CPU, UDP throughput/loss, request/response and connect latency, new
 # flows per second, memory per idle flow. Prints a table (median, min–max, tunnel/direct
 # ratio) and writes target/bench.json. Nothing is sent outside those namespaces.
 #
 #   sudo scripts/bench.sh [--quick] [--runs N] [--secs S] [--mtu M] [--json FILE]
 #                         [--only tcp,udp,rr,crr,rate,mem] [--perf DIR]
+#                         [--legs relays|direct|both]
 #
 # Needs cargo, iproute2 and iperf3 (`apt-get install -y iperf3`); --perf needs perf
 # (`apt-get install -y linux-perf`). --quick is a CI smoke (one short run, < 1 min).

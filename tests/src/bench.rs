@@ -5,11 +5,12 @@
 //! Like everything in this crate it talks only to namespaces it created or to loopback.
 //!
 //! ```text
-//! direct: client ─ lan ─ relay-a ─ exit ─ inet   (kernel forwarding at lan, relay-a, exit)
-//! tunnel: client[TUN→vpn-client] ─ lan ─ relay-a/relay-b (TLS) ─ exit[exit-node] ─ inet
+//! direct:               client ─ lan ─ relay-a ─ exit ─ inet   (kernel forwarding at lan, relay-a, exit)
+//! tunnel, relay legs:   client[TUN→vpn-client] ─ lan ─ relay-a/relay-b (TLS, ht-relay) ─ exit[exit-node] ─ inet
+//! tunnel, direct legs:  client[TUN→vpn-client] ─ lan ─ relay-a/relay-b (kernel forwarding) ─ exit[exit-node, TLS] ─ inet
 //! ```
-//! Both use the addresses of [`crate::topology::addr`], so every load command is the same
-//! string on both paths and the direct path crosses the same number of veths as the up leg.
+//! All use the addresses of [`crate::topology::addr`], so every load command is the same
+//! string on every path and each path crosses the same number of veths as the up leg.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -126,11 +127,65 @@ impl Default for Direct {
     }
 }
 
+/// How the tunnel's two legs reach the exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Legs {
+    /// Through the TLS relays (`ht-relay`, the stand-ins for the CDNs) in relay-a and
+    /// relay-b, which forward to the exit's plain WebSocket listeners — as deployed.
+    Relays,
+    /// Straight to the exit-node, which terminates TLS itself (certificates `a.test` and
+    /// `b.test` of the topology's CA); relay-a and relay-b are plain kernel-forwarding
+    /// hops and no `ht-relay` runs, so only the product's own processes do the work.
+    Direct,
+}
+
+impl Legs {
+    /// Suffix of this mode's figure keys: none for the relays, `_direct_legs` otherwise.
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            Legs::Relays => "",
+            Legs::Direct => "_direct_legs",
+        }
+    }
+
+    /// Suffix of this mode's table labels.
+    pub fn label_suffix(self) -> &'static str {
+        match self {
+            Legs::Relays => "",
+            Legs::Direct => " [direct legs]",
+        }
+    }
+
+    /// The mode's name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Legs::Relays => "relays",
+            Legs::Direct => "direct",
+        }
+    }
+}
+
 /// Settings of the tunnel under test (written into the configs; nothing else changes).
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
     /// The client's `[tun] mtu`.
     pub mtu: u32,
+    /// How the legs reach the exit.
+    pub legs: Legs,
+}
+
+/// The exit's leg listeners in each mode: (up address, down address), port included.
+fn exit_listeners(legs: Legs) -> (String, String) {
+    match legs {
+        Legs::Relays => (
+            format!("{}:8080", addr::EXIT_UP),
+            format!("{}:8081", addr::EXIT_DOWN),
+        ),
+        Legs::Direct => (
+            format!("{}:443", addr::EXIT_UP),
+            format!("{}:443", addr::EXIT_DOWN),
+        ),
+    }
 }
 
 /// The tunnel path: [`Topology`] with benchmark configs, the servers in inet and the
@@ -143,6 +198,8 @@ pub struct Tunnel {
     pub client_pid: u32,
     /// The exit-node process.
     pub exit_pid: u32,
+    /// How the legs reach the exit.
+    pub legs: Legs,
 }
 
 impl Tunnel {
@@ -150,26 +207,34 @@ impl Tunnel {
     /// inet, and wait until the tunnel carries an HTTP GET.
     pub fn new(settings: &TunnelSettings) -> Tunnel {
         let t = Topology::new();
+        if settings.legs == Legs::Direct {
+            direct_legs(&t);
+        }
         for ns in [&t.client, &t.exit, &t.inet] {
             tune_ports(ns);
         }
         start_servers(&t.inet, &t.dir.path().join("bench-servers.log"));
-        let exit_pid = start_exit(&t);
+        let exit_pid = start_exit(&t, settings.legs);
         let client_pid = start_client(&t, settings);
         t.wait_tunnel(Duration::from_secs(20));
         Tunnel {
             t,
             client_pid,
             exit_pid,
+            legs: settings.legs,
         }
     }
 
-    /// The processes whose CPU is reported: vpn-client, exit-node and both relays.
+    /// The processes whose CPU is reported: vpn-client, exit-node and, with relay legs,
+    /// both relays.
     pub fn processes(&self) -> Vec<(String, u32)> {
         let mut out = vec![
             ("vpn-client".to_owned(), self.client_pid),
             ("exit-node".to_owned(), self.exit_pid),
         ];
+        if self.legs == Legs::Direct {
+            return out;
+        }
         for (name, ns) in [("relay-a", &self.t.relay_a), ("relay-b", &self.t.relay_b)] {
             out.extend(
                 pids_named(ns, "ht-relay")
@@ -223,21 +288,72 @@ fn keypair(t: &Topology, file: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn start_exit(t: &Topology) -> u32 {
+/// Turn the topology's relay namespaces into plain forwarding hops: stop the `ht-relay`
+/// processes the topology started there, let relay-a and relay-b forward, route the exit's
+/// leg networks from lan through them and route the exit's replies back the way they came
+/// (by source address, so the down leg's replies do not take relay-a).
+fn direct_legs(t: &Topology) {
+    for ns in [&t.relay_a, &t.relay_b] {
+        for pid in pids_named(ns, "ht-relay") {
+            assert!(
+                ns.stop(pid, "TERM", Duration::from_secs(3)).is_some(),
+                "ht-relay {pid} in {} did not stop",
+                ns.name()
+            );
+        }
+        assert!(
+            pids_named(ns, "ht-relay").is_empty(),
+            "an ht-relay still runs in {}",
+            ns.name()
+        );
+        ns.forward();
+    }
+    t.lan
+        .ip(&["route", "add", "10.30.1.0/24", "via", addr::RELAY_A]);
+    t.lan
+        .ip(&["route", "add", "10.30.2.0/24", "via", addr::RELAY_B]);
+    for (table, from, via) in [
+        ("101", addr::EXIT_UP, "10.30.1.1"),
+        ("102", addr::EXIT_DOWN, "10.30.2.1"),
+    ] {
+        t.exit
+            .ip(&["route", "add", "10.10.0.0/16", "via", via, "table", table]);
+        t.exit.ip(&["rule", "add", "from", from, "table", table]);
+    }
+}
+
+fn start_exit(t: &Topology, legs: Legs) -> u32 {
     let client_public = keypair(t, "client.key");
     std::fs::write(t.file("exit.pub"), keypair(t, "exit.key")).expect("write exit.pub");
+    let (up, down) = exit_listeners(legs);
+    // With direct legs the exit terminates TLS with the certificates the relays would use.
+    let tls = |host: &str| match legs {
+        Legs::Relays => String::new(),
+        Legs::Direct => format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            t.file(&format!("{host}.crt")),
+            t.file(&format!("{host}.key"))
+        ),
+    };
+    let (up_tls, down_tls) = match legs {
+        Legs::Relays => (String::new(), String::new()),
+        Legs::Direct => (
+            format!("\n[listen.up.tls]\n{}", tls("a.test")),
+            format!("\n[listen.down.tls]\n{}", tls("b.test")),
+        ),
+    };
     let config = format!(
         r#"# Written by ht-bench.
 private_key_file = "{key}"
 
 [listen.up]
-address = "{up}:8080"
+address = "{up}"
 path = "/u"
-
+{up_tls}
 [listen.down]
-address = "{down}:8081"
+address = "{down}"
 path = "/d"
-
+{down_tls}
 [[clients]]
 name = "bench"
 public_key = "{client_public}"
@@ -256,8 +372,6 @@ address = "127.0.0.1:9090"
 stats_interval = "1s"
 "#,
         key = t.file("exit.key"),
-        up = addr::EXIT_UP,
-        down = addr::EXIT_DOWN,
         inet_net = addr::INET_NET,
         inet = addr::INET,
     );
@@ -267,8 +381,8 @@ stats_interval = "1s"
         &["run", "--config", &t.file("exit-node.toml")],
         &t.dir.path().join("exit-node.log"),
     );
-    wait_listening(&t.relay_a, &format!("{}:8080", addr::EXIT_UP));
-    wait_listening(&t.relay_b, &format!("{}:8081", addr::EXIT_DOWN));
+    wait_listening(&t.relay_a, &up);
+    wait_listening(&t.relay_b, &down);
     pid
 }
 
@@ -278,6 +392,13 @@ fn start_client(t: &Topology, settings: &TunnelSettings) -> u32 {
     let resolv = t.file("resolv.conf");
     std::fs::write(&resolv, "nameserver 192.0.2.53\n").expect("write resolv.conf");
     let exit_public = std::fs::read_to_string(t.file("exit.pub")).expect("read exit.pub");
+    let (up, down) = match settings.legs {
+        Legs::Relays => (
+            format!("{}:443", addr::RELAY_A),
+            format!("{}:443", addr::RELAY_B),
+        ),
+        Legs::Direct => exit_listeners(Legs::Direct),
+    };
     let config = format!(
         r#"# Written by ht-bench.
 private_key_file = "{key}"
@@ -285,12 +406,12 @@ exit_public_key = "{exit_public}"
 
 [up]
 url = "wss://a.test/u"
-connect_address = "{relay_a}:443"
+connect_address = "{up}"
 ca_file = "{ca}"
 
 [down]
 url = "wss://b.test/d"
-connect_address = "{relay_b}:443"
+connect_address = "{down}"
 ca_file = "{ca}"
 
 [tun]
@@ -312,8 +433,6 @@ journal_dir = "{journal}"
 stats_interval = "0s"
 "#,
         key = t.file("client.key"),
-        relay_a = addr::RELAY_A,
-        relay_b = addr::RELAY_B,
         ca = t.file("ca.pem"),
         mtu = settings.mtu,
         control = t.file("control.sock"),
@@ -704,13 +823,13 @@ fn num(x: f64) -> String {
 /// The table printed to stdout: median (min–max) per path and the ratio.
 pub fn table(figures: &[Figure]) -> String {
     let mut out = format!(
-        "{:<44} {:>8} {:>26} {:>26} {:>8}\n",
+        "{:<58} {:>8} {:>26} {:>26} {:>8}\n",
         "figure", "unit", "direct median (min–max)", "tunnel median (min–max)", "ratio"
     );
     for f in figures {
         let ratio = f.ratio().map_or("-".into(), |r| format!("{r:.2}×"));
         out += &format!(
-            "{:<44} {:>8} {:>26} {:>26} {:>8}\n",
+            "{:<58} {:>8} {:>26} {:>26} {:>8}\n",
             f.label,
             f.unit,
             cell(&f.direct),

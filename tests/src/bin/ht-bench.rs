@@ -1,9 +1,11 @@
 //! `ht-bench`: the benchmark harness of issue 7 (run by `scripts/bench.sh`, as root).
 //!
-//! It builds two sets of throwaway network namespaces side by side — the direct path
-//! (kernel forwarding client → lan → relay-a → exit → inet) and the tunnel path (the e2e
-//! topology with `vpn-client up`, both legs through the TLS relays, `exit-node`) — and
-//! measures every figure on both, alternating, several times: TCP bulk throughput (iperf3,
+//! It builds throwaway network namespaces side by side — the direct path (kernel forwarding
+//! client → lan → relay-a → exit → inet) and one tunnel path per leg mode (`--legs`): the
+//! e2e topology with `vpn-client up` and `exit-node`, both legs through the TLS relays
+//! (`relays`), or straight to the exit, which terminates TLS, through the same namespaces
+//! as kernel-forwarding hops (`direct`) — and measures every figure on each, alternating,
+//! several times: TCP bulk throughput (iperf3,
 //! up/down, 1 and 4 streams) with the CPU of the tunnel's processes, UDP throughput and
 //! loss at a fixed offered rate, 64-byte request/response latency, connect + request/
 //! response + close latency, sustained new flows per second, and the memory of
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use e2e::bench::{
-    self, Direct, Figure, Holder, IPERF_PORT, SERVE_PORT, Tunnel, TunnelSettings, quantile,
+    self, Direct, Figure, Holder, IPERF_PORT, Legs, SERVE_PORT, Tunnel, TunnelSettings, quantile,
 };
 use e2e::netns::Netns;
 use e2e::topology::{addr, bin};
@@ -62,6 +64,29 @@ struct RunArgs {
     /// upload into this directory (needs `perf`).
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// How the tunnel's legs reach the exit: through the TLS relays (`relays`, as deployed
+    /// behind CDNs), straight to the exit-node terminating TLS (`direct`), or `both` (two
+    /// tunnels, measured alternately with the direct path).
+    #[arg(long, value_enum, default_value_t = LegsArg::Both)]
+    legs: LegsArg,
+}
+
+/// `--legs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LegsArg {
+    Relays,
+    Direct,
+    Both,
+}
+
+impl LegsArg {
+    fn modes(self) -> Vec<Legs> {
+        match self {
+            LegsArg::Relays => vec![Legs::Relays],
+            LegsArg::Direct => vec![Legs::Direct],
+            LegsArg::Both => vec![Legs::Relays, Legs::Direct],
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,12 +219,13 @@ impl Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
     Direct,
-    Tunnel,
+    Tunnel(Legs),
 }
 
 struct Bench {
     direct: Direct,
-    tunnel: Tunnel,
+    /// One tunnel per leg mode, in `--legs` order.
+    tunnels: Vec<Tunnel>,
     plan: Plan,
     figures: Vec<Figure>,
 }
@@ -208,8 +234,41 @@ impl Bench {
     fn ns(&self, path: Path) -> &Netns {
         match path {
             Path::Direct => &self.direct.client,
-            Path::Tunnel => &self.tunnel.t.client,
+            Path::Tunnel(legs) => &self.tunnel(legs).t.client,
         }
+    }
+
+    fn tunnel(&self, legs: Legs) -> &Tunnel {
+        self.tunnels
+            .iter()
+            .find(|t| t.legs == legs)
+            .expect("a tunnel for every leg mode measured")
+    }
+
+    /// The direct path, then each tunnel: the order measurements alternate in.
+    fn paths(&self) -> Vec<Path> {
+        std::iter::once(Path::Direct)
+            .chain(self.tunnels.iter().map(|t| Path::Tunnel(t.legs)))
+            .collect()
+    }
+
+    /// The figures (key, label) a measurement on `path` belongs to: a tunnel's own (its leg
+    /// mode's suffix), and for the direct path the same figure of every leg mode, so each
+    /// mode's row has its ratio against the direct path of the same run.
+    fn targets(&self, path: Path, key: &str, label: &str) -> Vec<(String, String)> {
+        let modes = match path {
+            Path::Direct => self.tunnels.iter().map(|t| t.legs).collect(),
+            Path::Tunnel(legs) => vec![legs],
+        };
+        modes
+            .into_iter()
+            .map(|m| {
+                (
+                    format!("{key}{}", m.key_suffix()),
+                    format!("{label}{}", m.label_suffix()),
+                )
+            })
+            .collect()
     }
 
     /// The figure `key`, created on first use.
@@ -222,16 +281,25 @@ impl Bench {
     }
 
     fn record(&mut self, path: Path, key: &str, label: &str, unit: &str, higher: bool, v: f64) {
-        let f = self.fig(key, label, unit, higher);
-        match path {
-            Path::Direct => f.direct.push(v),
-            Path::Tunnel => f.tunnel.push(v),
+        for (key, label) in self.targets(path, key, label) {
+            let f = self.fig(&key, &label, unit, higher);
+            match path {
+                Path::Direct => f.direct.push(v),
+                Path::Tunnel(_) => f.tunnel.push(v),
+            }
         }
     }
 
     fn fail(&mut self, path: Path, key: &str, label: &str, unit: &str, why: String) {
-        let f = self.fig(key, label, unit, true);
-        f.errors.push(format!("{path:?}: {why}"));
+        let what = match path {
+            Path::Direct => "Direct".to_owned(),
+            Path::Tunnel(Legs::Relays) => "Tunnel (relay legs)".to_owned(),
+            Path::Tunnel(Legs::Direct) => "Tunnel (direct legs)".to_owned(),
+        };
+        for (key, label) in self.targets(path, key, label) {
+            let f = self.fig(&key, &label, unit, true);
+            f.errors.push(format!("{what}: {why}"));
+        }
     }
 }
 
@@ -247,24 +315,32 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
     let _ = bin("ht-bench");
     let started = Instant::now();
     let plan = Plan::new(a);
+    let modes = a.legs.modes();
+    let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
     println!(
-        "==> building the direct and the tunnel namespaces (TUN MTU {})",
+        "==> building the direct and the tunnel namespaces (legs: {}; TUN MTU {})",
+        names.join(" and "),
         a.mtu
     );
     let direct = Direct::new();
-    let tunnel = Tunnel::new(&TunnelSettings { mtu: a.mtu });
+    let tunnels = modes
+        .iter()
+        .map(|&legs| Tunnel::new(&TunnelSettings { mtu: a.mtu, legs }))
+        .collect();
     println!(
-        "==> {} run(s), {} s per iperf3 test; both paths alternate",
+        "==> {} run(s), {} s per iperf3 test; the paths alternate",
         plan.runs, plan.secs
     );
     let mut b = Bench {
         direct,
-        tunnel,
+        tunnels,
         plan,
         figures: Vec::new(),
     };
     if b.plan.wants("mem") {
-        memory(&mut b);
+        for legs in modes {
+            memory(&mut b, legs);
+        }
     }
     for run in 0..b.plan.runs {
         println!("==> run {}/{}", run + 1, b.plan.runs);
@@ -285,10 +361,11 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
 }
 
 fn one_run(b: &mut Bench, udp_rate: &str) {
+    let paths = b.paths();
     if b.plan.wants("tcp") {
         for (dir, reverse) in [("up", false), ("down", true)] {
             for streams in [1, 4] {
-                for path in [Path::Direct, Path::Tunnel] {
+                for &path in &paths {
                     tcp_bulk(b, path, dir, reverse, streams);
                 }
             }
@@ -296,12 +373,12 @@ fn one_run(b: &mut Bench, udp_rate: &str) {
     }
     if b.plan.wants("udp") {
         for (dir, reverse) in [("up", false), ("down", true)] {
-            for path in [Path::Direct, Path::Tunnel] {
+            for &path in &paths {
                 udp(b, path, dir, reverse, udp_rate);
             }
         }
     }
-    for path in [Path::Direct, Path::Tunnel] {
+    for &path in &paths {
         if b.plan.wants("rr") {
             rr(b, path);
         }
@@ -363,10 +440,10 @@ fn iperf(b: &Bench, path: Path, extra: &[&str]) -> Result<String, String> {
 type Samples = Vec<(String, u32, Option<bench::CpuSample>)>;
 
 fn sample(b: &Bench, path: Path) -> Samples {
-    if path == Path::Direct {
+    let Path::Tunnel(legs) = path else {
         return Vec::new();
-    }
-    b.tunnel
+    };
+    b.tunnel(legs)
         .processes()
         .into_iter()
         .map(|(name, pid)| {
@@ -407,11 +484,24 @@ fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32) {
         Ok(None) => b.fail(path, &key, &label, "Gbit/s", "no sum_received".into()),
         Err(e) => b.fail(path, &key, &label, "Gbit/s", e),
     }
-    cpu_figures(b, &key, &format!("{dir} {streams}"), &before, &after, wall);
+    if let Path::Tunnel(legs) = path {
+        let what = format!("{dir} {streams}");
+        cpu_figures(b, legs, &key, &what, &before, &after, wall);
+    }
 }
 
-/// Record CPU % of each tunnel process (and its busiest thread) during a bulk test.
-fn cpu_figures(b: &mut Bench, key: &str, what: &str, s0: &Samples, s1: &Samples, wall: f64) {
+/// Record CPU % of each process of the `legs` tunnel (and its busiest thread) during a
+/// bulk test; the relays' row exists only with relay legs (no relay runs otherwise).
+fn cpu_figures(
+    b: &mut Bench,
+    legs: Legs,
+    key: &str,
+    what: &str,
+    s0: &Samples,
+    s1: &Samples,
+    wall: f64,
+) {
+    let tunnel = Path::Tunnel(legs);
     let mut relays = 0.0;
     let mut seen_relay = false;
     for (name, pid, before) in s0 {
@@ -422,7 +512,7 @@ fn cpu_figures(b: &mut Bench, key: &str, what: &str, s0: &Samples, s1: &Samples,
         let (Some(before), Some(after)) = (before, after) else {
             let label = format!("  CPU {name} ({what})");
             b.fail(
-                Path::Tunnel,
+                tunnel,
                 &format!("cpu_{key}_{name}"),
                 &label,
                 "%",
@@ -438,7 +528,7 @@ fn cpu_figures(b: &mut Bench, key: &str, what: &str, s0: &Samples, s1: &Samples,
         }
         let fk = format!("cpu_{key}_{name}");
         b.record(
-            Path::Tunnel,
+            tunnel,
             &fk,
             &format!("  CPU {name} ({what})"),
             "% core",
@@ -447,7 +537,7 @@ fn cpu_figures(b: &mut Bench, key: &str, what: &str, s0: &Samples, s1: &Samples,
         );
         let label = format!("  CPU {name} busiest thread ({what})");
         b.record(
-            Path::Tunnel,
+            tunnel,
             &format!("{fk}_thread"),
             &label,
             "% core",
@@ -458,7 +548,7 @@ fn cpu_figures(b: &mut Bench, key: &str, what: &str, s0: &Samples, s1: &Samples,
     if seen_relay {
         let label = format!("  CPU relay-a + relay-b ({what})");
         b.record(
-            Path::Tunnel,
+            tunnel,
             &format!("cpu_{key}_relays"),
             &label,
             "% core",
@@ -611,78 +701,76 @@ fn rate(b: &mut Bench, path: Path) {
 }
 
 /// Memory of vpn-client and exit-node while holding `flows` idle TCP flows (tunnel only,
-/// measured once on the fresh tunnel): RSS before, while held, per flow, and after close.
-fn memory(b: &mut Bench) {
+/// measured once on the fresh tunnel of each leg mode): RSS before, while held, per flow,
+/// and after close.
+fn memory(b: &mut Bench, legs: Legs) {
     let n = b.plan.flows;
-    println!("==> memory: opening {n} idle flows through the tunnel");
+    let t = Path::Tunnel(legs);
+    println!(
+        "==> memory: opening {n} idle flows through the tunnel (legs: {})",
+        legs.name()
+    );
     let procs = [
-        ("vpn-client", b.tunnel.client_pid),
-        ("exit-node", b.tunnel.exit_pid),
+        ("vpn-client", b.tunnel(legs).client_pid),
+        ("exit-node", b.tunnel(legs).exit_pid),
     ];
     let before: Vec<Option<u64>> = procs.iter().map(|(_, p)| bench::rss_kib(*p)).collect();
-    let holder = match Holder::start(&b.tunnel.t.client, &target(), n) {
+    let holder = match Holder::start(&b.tunnel(legs).t.client, &target(), n) {
         Ok(h) => h,
         Err(e) => {
             let label = format!("idle flows opened (of {n})");
-            b.fail(Path::Tunnel, "mem_flows", &label, "flows", e.to_string());
+            b.fail(t, "mem_flows", &label, "flows", e.to_string());
             return;
         }
     };
     std::thread::sleep(Duration::from_secs(2));
     let held: Vec<Option<u64>> = procs.iter().map(|(_, p)| bench::rss_kib(*p)).collect();
-    let streams = exit_streams(b);
+    let streams = exit_streams(b, legs);
     let label = format!("idle flows opened (of {n})");
-    b.record(
-        Path::Tunnel,
-        "mem_flows",
-        &label,
-        "flows",
-        true,
-        holder.opened as f64,
-    );
+    b.record(t, "mem_flows", &label, "flows", true, holder.opened as f64);
     if holder.failed > 0 {
         let why = format!("{} connections failed", holder.failed);
-        b.fail(Path::Tunnel, "mem_flows", &label, "flows", why);
+        b.fail(t, "mem_flows", &label, "flows", why);
     }
     if let Some(s) = streams {
         let label = "  exit-node open streams while held";
-        b.record(Path::Tunnel, "mem_exit_streams", label, "streams", true, s);
+        b.record(t, "mem_exit_streams", label, "streams", true, s);
     }
     let opened = holder.opened.max(1) as f64;
     holder.stop();
     // Closed flows must be reclaimed end to end: wait (up to 60 s) for the exit's
     // open-streams gauge to reach 0 and report how long that took.
     let closed = Instant::now();
-    let mut left = exit_streams(b);
+    let mut left = exit_streams(b, legs);
     while left.is_some_and(|s| s > 0.0) && closed.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(100));
-        left = exit_streams(b);
+        left = exit_streams(b, legs);
     }
     let reclaim = closed.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
     let after: Vec<Option<u64>> = procs.iter().map(|(_, p)| bench::rss_kib(*p)).collect();
     for (i, (name, _)) in procs.iter().enumerate() {
-        mem_rows(b, name, [before[i], held[i], after[i]], opened);
+        mem_rows(b, legs, name, [before[i], held[i], after[i]], opened);
     }
     match left {
         Some(0.0) => {
             let label = "  exit-node streams all reclaimed after close";
-            b.record(Path::Tunnel, "mem_reclaim_secs", label, "s", false, reclaim);
+            b.record(t, "mem_reclaim_secs", label, "s", false, reclaim);
         }
         Some(s) => {
             let label = "  exit-node streams all reclaimed after close";
             let why = format!("{s} streams still open 60 s after the flows closed");
-            b.fail(Path::Tunnel, "mem_reclaim_secs", label, "s", why);
+            b.fail(t, "mem_reclaim_secs", label, "s", why);
         }
         None => {}
     }
 }
 
-fn mem_rows(b: &mut Bench, name: &str, rss: [Option<u64>; 3], opened: f64) {
+fn mem_rows(b: &mut Bench, legs: Legs, name: &str, rss: [Option<u64>; 3], opened: f64) {
     let key = format!("mem_{name}");
     let [Some(before), Some(held), Some(after)] = rss else {
         b.fail(
-            Path::Tunnel,
+            Path::Tunnel(legs),
             &key,
             &format!("{name} RSS"),
             "MiB",
@@ -691,7 +779,7 @@ fn mem_rows(b: &mut Bench, name: &str, rss: [Option<u64>; 3], opened: f64) {
         return;
     };
     let mib = |k: u64| k as f64 / 1024.0;
-    let t = Path::Tunnel;
+    let t = Path::Tunnel(legs);
     b.record(
         t,
         &format!("{key}_idle"),
@@ -728,10 +816,10 @@ fn mem_rows(b: &mut Bench, name: &str, rss: [Option<u64>; 3], opened: f64) {
 }
 
 /// The exit's open-streams gauge from its `/metrics`.
-fn exit_streams(b: &Bench) -> Option<f64> {
+fn exit_streams(b: &Bench, legs: Legs) -> Option<f64> {
     let admin = "127.0.0.1:9090";
     let out = b
-        .tunnel
+        .tunnel(legs)
         .t
         .exit
         .try_exec(&bin("ht-probe"), &["body", admin, "/metrics"]);
@@ -741,21 +829,31 @@ fn exit_streams(b: &Bench) -> Option<f64> {
     })
 }
 
-/// `perf record` vpn-client and exit-node during a 1-stream download and upload; writes
-/// `perf report` summaries next to the data files.
+/// `perf record` vpn-client and exit-node of each tunnel during a 1-stream download and
+/// upload; writes `perf report` summaries next to the data files (`NAME-down1.data` with
+/// relay legs, `NAME-down1_direct_legs.data` with direct legs).
 fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
     anyhow::ensure!(
         which("perf"),
         "perf is missing: apt-get install -y linux-perf"
     );
     std::fs::create_dir_all(dir)?;
+    for tunnel in &b.tunnels {
+        profile_tunnel(b, tunnel, dir)?;
+    }
+    println!("==> perf profiles in {}", dir.display());
+    Ok(())
+}
+
+fn profile_tunnel(b: &Bench, tunnel: &Tunnel, dir: &std::path::Path) -> anyhow::Result<()> {
+    let suffix = tunnel.legs.key_suffix();
     for (what, reverse) in [("down1", true), ("up1", false)] {
         let mut recs = Vec::new();
         for (name, pid) in [
-            ("vpn-client", b.tunnel.client_pid),
-            ("exit-node", b.tunnel.exit_pid),
+            ("vpn-client", tunnel.client_pid),
+            ("exit-node", tunnel.exit_pid),
         ] {
-            let data = dir.join(format!("{name}-{what}.data"));
+            let data = dir.join(format!("{name}-{what}{suffix}.data"));
             let child = std::process::Command::new("perf")
                 .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
                 .arg(&data)
@@ -766,7 +864,7 @@ fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
             recs.push((child, data));
         }
         let extra: &[&str] = if reverse { &["-R"] } else { &[] };
-        let _ = iperf(b, Path::Tunnel, extra);
+        let _ = iperf(b, Path::Tunnel(tunnel.legs), extra);
         for (mut child, data) in recs {
             child.wait()?;
             let report = std::process::Command::new("perf")
@@ -783,7 +881,6 @@ fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
             std::fs::write(data.with_extension("txt"), report.stdout)?;
         }
     }
-    println!("==> perf profiles in {}", dir.display());
     Ok(())
 }
 
@@ -817,6 +914,14 @@ fn write_json(a: &RunArgs, b: &Bench, took: f64) -> anyhow::Result<()> {
         ("iperf_secs", b.plan.secs.to_string()),
         ("quick", a.quick.to_string()),
         ("tun_mtu", a.mtu.to_string()),
+        ("legs", {
+            let names: Vec<String> = b
+                .tunnels
+                .iter()
+                .map(|t| bench::json_string(t.legs.name()))
+                .collect();
+            format!("[{}]", names.join(","))
+        }),
         ("udp_rate", bench::json_string(&a.udp_rate)),
         ("idle_flows", b.plan.flows.to_string()),
         ("took_secs", format!("{took:.1}")),

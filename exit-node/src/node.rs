@@ -101,7 +101,12 @@ pub fn proto_settings(config: &Config) -> Result<proto::Settings, NodeError> {
         max_streams: limits.max_streams_per_session.min(u32::MAX as usize) as u32,
         session_window,
         stream_window: defaults.stream_window.min(session_window),
-        max_stream_window: defaults.max_stream_window.min(session_window),
+        // An eighth of the session window at most, as proto's defaults: streams whose
+        // destination stopped reading cannot take all of the session credit (PROTOCOL §6.2).
+        max_stream_window: defaults
+            .max_stream_window
+            .min(session_window / 8)
+            .max(defaults.stream_window.min(session_window)),
         max_record,
         fallback: config.file.session.fallback_to_up_leg,
         idle_ttl: config.file.session.idle_ttl,

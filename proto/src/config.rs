@@ -51,8 +51,11 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             stream_window: 256 * 1024,
-            max_stream_window: 16 * 1024 * 1024,
-            session_window: 32 * 1024 * 1024,
+            // At most an eighth of the session window: streams whose app stopped reading
+            // keep their granted credit, and unless eight of them sit at the maximum they
+            // cannot take the whole session credit from the others (see PROTOCOL.md §6.2).
+            max_stream_window: 8 * 1024 * 1024,
+            session_window: 64 * 1024 * 1024,
             max_record: 128 * 1024,
             max_streams: 65_536,
             rekey_shift: 24,

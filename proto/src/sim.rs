@@ -542,6 +542,9 @@ pub struct Bulk {
     pub resets: u64,
     /// Stop reading on the client (a reader that stalls).
     pub client_reading: bool,
+    /// Per stream: stop reading that one stream on the client once this many bytes were
+    /// read (an app that pauses one connection while using others). Empty: none paused.
+    pub client_pause_at: Vec<Option<u64>>,
     buf: Bytes,
 }
 
@@ -559,6 +562,7 @@ impl Bulk {
             corrupt: 0,
             resets: 0,
             client_reading: true,
+            client_pause_at: Vec::new(),
             buf: pattern_buffer(256 * 1024),
         }
     }
@@ -633,7 +637,13 @@ impl App for Bulk {
         for (i, id) in self.ids.clone().into_iter().enumerate() {
             if client.has_stream(id) {
                 Bulk::write(&self.buf, client, id, &mut self.up[i], self.up_bytes);
-                if self.client_reading {
+                let paused = self
+                    .client_pause_at
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|at| self.down[i].read >= at);
+                if self.client_reading && !paused {
                     Bulk::read(now, client, id, &mut self.down[i], &mut self.corrupt);
                 }
             }

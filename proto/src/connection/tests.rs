@@ -28,7 +28,19 @@ fn finish(pair: &mut Pair, bulk: &mut Bulk, limit_secs: u64) {
 
 #[test]
 fn bulk_transfer_survives_five_cuts_of_each_leg() {
-    let mut pair = pair();
+    // A 32 MiB session window (4 MiB per stream): with the default 64 MiB the last tenth of
+    // the transfer is already in flight when the last cut comes, and that cut goes unseen.
+    let windows = Settings {
+        session_window: 32 * 1024 * 1024,
+        max_stream_window: 4 * 1024 * 1024,
+        ..Settings::default()
+    };
+    let mut pair = Pair::new(PairConfig {
+        client: windows.clone(),
+        exit: windows,
+        ..PairConfig::default()
+    })
+    .expect("handshake");
     let mut bulk = Bulk::new(16, 100 * MIB / 16, 100 * MIB / 16);
     let total = 200 * MIB;
     // Cut a leg at every 1/11 of the transfer: up, down, up, down, ...
@@ -193,6 +205,37 @@ fn a_stalled_reader_keeps_memory_bounded_and_resumes() {
     let down_read: u64 = bulk.down.iter().map(|h| h.read).sum();
     assert_eq!(down_read, 0);
     bulk.client_reading = true;
+    finish(&mut pair, &mut bulk, 120);
+}
+
+/// An app that pauses some connections after they ran at full speed (their windows
+/// auto-tuned to the maximum) must not freeze the others: the paused streams' unread
+/// bytes may never use up the whole session credit. (iperf3 -R -P 4 stops reading its
+/// four data connections at the end and then waits for a small message on its control
+/// connection; with `max_stream_window` at half the session window that message starved.)
+#[test]
+fn streams_paused_at_full_window_do_not_starve_the_others() {
+    let mut pair = pair();
+    let mut bulk = Bulk::new(5, 0, 64 * MIB);
+    // Four streams stop being read after 40 MiB (their windows have grown to the maximum
+    // by then); the fifth must still get all of its bytes.
+    bulk.client_pause_at = vec![
+        Some(40 * MIB),
+        Some(40 * MIB),
+        Some(40 * MIB),
+        Some(40 * MIB),
+    ];
+    pair.run(&mut bulk, Duration::from_secs(120), |b| b.down[4].fin_read)
+        .expect("the fifth stream finishes while four are paused");
+    assert_eq!(bulk.down[4].read, 64 * MIB);
+    assert_eq!(bulk.corrupt, 0);
+    let held = pair.client.buffered_bytes() as u64;
+    eprintln!("the client holds {held} unread bytes of the four paused streams");
+    assert!(
+        held > 4 * MIB,
+        "the paused streams hold only {held} bytes: the scenario did not fill their windows"
+    );
+    bulk.client_pause_at.clear();
     finish(&mut pair, &mut bulk, 120);
 }
 

@@ -26,6 +26,12 @@
 //!   ack-only record that reached the exit before the stall is not progress.)
 //!
 //! Only judged while both legs are attached; the clocks restart when they are again.
+//!
+//! A leg that stalled again within [`REPEAT_WINDOW`] timeouts of its previous stall gets
+//! twice the timeout: a fresh connection across a path that silently drops large packets
+//! needs several retransmission timeouts before the kernel's packetization-layer PMTU
+//! probing shrinks its segments, and reconnecting every `timeout` would restart that
+//! discovery forever (proto's leg timeout still bounds the wait).
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +81,10 @@ impl std::fmt::Display for Stall {
     }
 }
 
+/// A stall of the same leg within this many timeouts of the previous one doubles its
+/// timeout.
+pub const REPEAT_WINDOW: u32 = 4;
+
 /// The monitor's state. `timeout` zero turns it off.
 #[derive(Debug, Clone)]
 pub struct StallMonitor {
@@ -82,6 +92,8 @@ pub struct StallMonitor {
     work: Work,
     /// The last record on the down leg (or when watching started).
     down_rx: Instant,
+    /// When each leg (up, down) was last judged stalled.
+    last_stall: [Option<Instant>; 2],
 }
 
 impl StallMonitor {
@@ -91,6 +103,20 @@ impl StallMonitor {
             timeout,
             work: Work::default(),
             down_rx: now,
+            last_stall: [None, None],
+        }
+    }
+
+    /// When `leg`, quiet since `since`, counts as stalled: after the timeout, or twice the
+    /// timeout while its previous stall is recent (until [`REPEAT_WINDOW`] timeouts after
+    /// it, when the plain timeout applies again).
+    fn deadline(&self, leg: Leg, since: Instant) -> Instant {
+        let plain = since + self.timeout;
+        match self.last_stall[leg_index(leg)] {
+            Some(at) if plain < at + self.timeout * REPEAT_WINDOW => {
+                (since + self.timeout * 2).min(at + self.timeout * REPEAT_WINDOW)
+            }
+            _ => plain,
         }
     }
 
@@ -114,6 +140,7 @@ impl StallMonitor {
     pub fn check(&mut self, now: Instant) -> Option<Stall> {
         let stall = self.verdict(now)?;
         self.work.armed = false;
+        self.last_stall[leg_index(stall.leg)] = Some(now);
         Some(stall)
     }
 
@@ -128,11 +155,11 @@ impl StallMonitor {
             unacked: w.unacked,
             streams: w.streams,
         };
-        if self.outstanding() && now >= self.down_rx + self.timeout {
+        if self.outstanding() && now >= self.deadline(Leg::Down, self.down_rx) {
             return Some(stall(Leg::Down, self.down_rx));
         }
         let sent = self.work.oldest_unacked?;
-        (now >= sent + self.timeout && self.down_rx > sent).then(|| stall(Leg::Up, sent))
+        (now >= self.deadline(Leg::Up, sent) && self.down_rx > sent).then(|| stall(Leg::Up, sent))
     }
 
     /// When [`check`](Self::check) may next return a verdict.
@@ -140,8 +167,13 @@ impl StallMonitor {
         if !self.active() {
             return None;
         }
-        let down = self.outstanding().then(|| self.down_rx + self.timeout);
-        let up = self.work.oldest_unacked.map(|sent| sent + self.timeout);
+        let down = self
+            .outstanding()
+            .then(|| self.deadline(Leg::Down, self.down_rx));
+        let up = self
+            .work
+            .oldest_unacked
+            .map(|sent| self.deadline(Leg::Up, sent));
         down.into_iter().chain(up).min()
     }
 
@@ -152,6 +184,10 @@ impl StallMonitor {
     fn outstanding(&self) -> bool {
         self.work.unacked > 0 || self.work.streams > 0
     }
+}
+
+fn leg_index(leg: Leg) -> usize {
+    usize::from(leg == Leg::Down)
 }
 
 #[cfg(test)]

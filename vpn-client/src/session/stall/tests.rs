@@ -153,3 +153,44 @@ fn every_deadline_it_asks_for_yields_a_verdict() {
         }
     }
 }
+
+#[test]
+fn a_leg_that_stalls_again_soon_gets_twice_the_timeout_then_the_plain_one() {
+    let t0 = Instant::now();
+    let mut m = armed(t0, 1);
+    let first = m.check(t0 + T).expect("first stall");
+    assert_eq!(first.leg, Leg::Down);
+    // Reattached at once: a fresh connection that needs more time (PMTU black hole).
+    let back = t0 + T + 100 * MS;
+    m.observe(back, work(0, None, 1));
+    assert_eq!(m.poll_timeout(), Some(back + 2 * T));
+    assert_eq!(
+        m.check(back + T),
+        None,
+        "the plain timeout right after a stall"
+    );
+    let second = m
+        .check(back + 2 * T)
+        .expect("second stall, at twice the timeout");
+    assert_eq!(second.waited, 2 * T);
+    // Long after the last stall the plain timeout applies again.
+    let later = back + 2 * T + REPEAT_WINDOW * T;
+    m.observe(
+        later,
+        Work {
+            armed: false,
+            ..work(0, None, 1)
+        },
+    );
+    m.observe(later, work(0, None, 1));
+    assert_eq!(m.poll_timeout(), Some(later + T));
+    assert_eq!(m.check(later + T).map(|s| s.waited), Some(T));
+    // A deadline that falls where the doubled window ends is still a verdict (no spin).
+    let mut m = armed(t0, 1);
+    m.check(t0 + T).expect("stall");
+    let late = t0 + T + (REPEAT_WINDOW - 1) * T;
+    m.observe(late, work(0, None, 1));
+    let due = m.poll_timeout().expect("armed");
+    assert_eq!(due, t0 + T + REPEAT_WINDOW * T);
+    assert!(m.check(due).is_some());
+}

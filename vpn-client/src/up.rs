@@ -348,7 +348,13 @@ async fn serve(
         }
     });
     tracing::info!("tunnel up; Ctrl-C or SIGTERM to stop");
-    let result = session::run(driver, dev, status_rx, shutdown_signal()).await;
+    // The driver runs on a worker thread, not on the thread blocked in `block_on`: the
+    // tasks it wakes (the legs' writers) then run on the same worker right after it, and
+    // the I/O driver's wake-ups reach it without a hand-off to another thread.
+    let driver = tokio::spawn(session::run(driver, dev, status_rx, shutdown_signal()));
+    let result = driver
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("session driver: {e}")));
     dns_check.abort();
     let _ = std::fs::remove_file(socket);
     result

@@ -2,6 +2,7 @@
 //! `phy/loopback.rs`). Checksums are verified by [`crate::packet`] before a packet
 //! is queued, so smoltcp only computes them on transmit.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
@@ -22,17 +23,63 @@ pub(crate) fn capabilities(mtu: usize) -> DeviceCapabilities {
     caps
 }
 
-/// Borrowed view of one shard's receive queue and the shared transmit queue.
+/// Leading bytes of a reused buffer zeroed before smoltcp writes a packet into it (the
+/// largest IPv6 + TCP header with options is 100 bytes).
+const HEADERS_ZEROED: usize = 128;
+/// Most spare packet buffers kept for reuse (each up to one MTU: 2 MiB at MTU 65535).
+const POOL_MAX: usize = 32;
+
+/// Spare packet buffers. Every packet in and out of smoltcp lives in a `Vec<u8>`; at a
+/// 64 KiB MTU a fresh zeroed buffer per packet cost more than smoltcp itself (a memset
+/// and often a page-faulting allocation per packet), so spent buffers come back here:
+/// the inbound ones when smoltcp has consumed them, the outbound ones from the caller
+/// through [`Stack::recycle`](crate::Stack::recycle).
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    spare: Vec<Vec<u8>>,
+}
+
+impl Pool {
+    /// A buffer of exactly `len` bytes for smoltcp to fill. smoltcp writes every byte of
+    /// the packets it emits; the headers are zeroed anyway, so no emitter that counts on
+    /// a zeroed buffer can leak an old packet's bytes into a new one.
+    pub(crate) fn take(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.resize(len, 0);
+        let head = len.min(HEADERS_ZEROED);
+        buf[..head].fill(0);
+        buf
+    }
+
+    /// A buffer holding a copy of `pkt` (no zeroing).
+    pub(crate) fn copy_of(&mut self, pkt: &[u8]) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(pkt);
+        buf
+    }
+
+    /// Keep `buf` for reuse (dropped when the pool is full).
+    pub(crate) fn give(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < POOL_MAX && buf.capacity() > 0 {
+            self.spare.push(buf);
+        }
+    }
+}
+
+/// Borrowed view of one shard's receive queue, the shared transmit queue and the
+/// buffer pool.
 #[derive(Debug)]
 pub(crate) struct QueueDevice<'a> {
     pub rx: &'a mut VecDeque<Vec<u8>>,
     pub tx: &'a mut VecDeque<Vec<u8>>,
+    pub pool: &'a RefCell<Pool>,
     pub caps: &'a DeviceCapabilities,
 }
 
 impl phy::Device for QueueDevice<'_> {
     type RxToken<'b>
-        = RxToken
+        = RxToken<'b>
     where
         Self: 'b;
     type TxToken<'b>
@@ -40,13 +87,23 @@ impl phy::Device for QueueDevice<'_> {
     where
         Self: 'b;
 
-    fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
+    fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let buffer = self.rx.pop_front()?;
-        Some((RxToken { buffer }, TxToken { queue: self.tx }))
+        let pool = self.pool;
+        Some((
+            RxToken { buffer, pool },
+            TxToken {
+                queue: self.tx,
+                pool,
+            },
+        ))
     }
 
     fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken { queue: self.tx })
+        Some(TxToken {
+            queue: self.tx,
+            pool: self.pool,
+        })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -54,15 +111,18 @@ impl phy::Device for QueueDevice<'_> {
     }
 }
 
-/// One queued inbound packet.
+/// One queued inbound packet; its buffer goes back to the pool once consumed.
 #[derive(Debug)]
-pub(crate) struct RxToken {
+pub(crate) struct RxToken<'a> {
     buffer: Vec<u8>,
+    pool: &'a RefCell<Pool>,
 }
 
-impl phy::RxToken for RxToken {
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.buffer)
+        let result = f(&self.buffer);
+        self.pool.borrow_mut().give(self.buffer);
+        result
     }
 }
 
@@ -70,11 +130,12 @@ impl phy::RxToken for RxToken {
 #[derive(Debug)]
 pub(crate) struct TxToken<'a> {
     queue: &'a mut VecDeque<Vec<u8>>,
+    pool: &'a RefCell<Pool>,
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buffer = vec![0; len];
+        let mut buffer = self.pool.borrow_mut().take(len);
         let result = f(&mut buffer);
         self.queue.push_back(buffer);
         result

@@ -1,5 +1,6 @@
 //! The [`Stack`]: one smoltcp `Interface`, sharded socket sets, flow tables.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -77,6 +78,7 @@ pub struct Stack {
     pub(crate) now: Instant,
     pub(crate) shards: Vec<Shard>,
     pub(crate) tx: VecDeque<Vec<u8>>,
+    pub(crate) pool: RefCell<device::Pool>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) stats: Stats,
     pub(crate) tcp: TcpTable,
@@ -117,6 +119,7 @@ impl Stack {
             now,
             shards,
             tx: VecDeque::new(),
+            pool: RefCell::default(),
             events: VecDeque::new(),
             stats: Stats::default(),
             tcp: TcpTable::default(),
@@ -202,6 +205,13 @@ impl Stack {
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += pkt.len() as u64;
         Some(pkt)
+    }
+
+    /// Hands a packet from [`poll_transmit`](Self::poll_transmit) back once it is
+    /// written, so its buffer is reused for a later packet. Optional: a packet that is not
+    /// handed back is simply freed.
+    pub fn recycle(&mut self, pkt: Vec<u8>) {
+        self.pool.get_mut().give(pkt);
     }
 
     /// Next event for the caller.
@@ -320,6 +330,7 @@ impl Stack {
         let mut dev = QueueDevice {
             rx: &mut shard.rx,
             tx: &mut self.tx,
+            pool: &self.pool,
             caps: &self.caps,
         };
         self.iface.poll(ts, &mut dev, &mut shard.sockets);
@@ -369,9 +380,11 @@ fn new_interface(config: &Config, caps: &DeviceCapabilities) -> Interface {
     let mut ic = IfaceConfig::new(HardwareAddress::Ip);
     ic.random_seed = config.random_seed;
     let (mut rx, mut tx) = (VecDeque::new(), VecDeque::new());
+    let pool = RefCell::default();
     let mut dev = QueueDevice {
         rx: &mut rx,
         tx: &mut tx,
+        pool: &pool,
         caps,
     };
     let mut iface = Interface::new(ic, &mut dev, smoltcp::time::Instant::ZERO);

@@ -123,8 +123,9 @@ impl Stack {
     }
 
     fn queue_for_smoltcp(&mut self, shard: usize, pkt: &[u8]) {
+        let buf = self.pool.get_mut().copy_of(pkt);
         let shard = &mut self.shards[shard];
-        shard.rx.push_back(pkt.to_vec());
+        shard.rx.push_back(buf);
         shard.dirty = true;
     }
 

@@ -482,7 +482,15 @@ pub struct Pair {
     pub packets_to_stack: u64,
     /// Wall time spent inside `Stack` calls made by [`Pair::step`] (benchmarks).
     pub stack_time: Duration,
+    /// Hand every packet from the stack back through `Stack::recycle` as a buffer of the
+    /// same length filled with garbage, with `RECYCLED_SPARE` bytes of spare capacity.
+    pub recycle_garbage: bool,
+    /// Packets to the app built in such a buffer (told apart by their capacity).
+    pub packets_in_recycled: u64,
 }
+
+/// Spare capacity that marks a recycled garbage buffer (no fresh packet buffer has it).
+const RECYCLED_SPARE: usize = 4093;
 
 impl Pair {
     pub fn new(config: Config) -> Self {
@@ -499,6 +507,8 @@ impl Pair {
             packets_to_app: 0,
             packets_to_stack: 0,
             stack_time: Duration::ZERO,
+            recycle_garbage: false,
+            packets_in_recycled: 0,
         }
     }
 
@@ -528,6 +538,14 @@ impl Pair {
         while let Some(p) = self.stack.poll_transmit(self.now) {
             if self.check {
                 parse_out(&p);
+            }
+            if self.recycle_garbage {
+                if p.capacity() == p.len() + RECYCLED_SPARE {
+                    self.packets_in_recycled += 1;
+                }
+                let mut garbage = Vec::with_capacity(p.len() + RECYCLED_SPARE);
+                garbage.resize(p.len(), 0xa5);
+                self.stack.recycle(garbage);
             }
             self.app.dev.rx.push_back(p);
             self.packets_to_app += 1;

@@ -436,6 +436,7 @@ impl Driver {
             if let Err(e) = dev.send(&pkt).await {
                 tracing::warn!("TUN write failed: {e}");
             }
+            self.stack.recycle(pkt);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The smoltcp `phy::Device`: two in-memory packet queues (cf. smoltcp's
 //! `phy/loopback.rs`). Checksums are verified by [`crate::packet`] before a packet
-//! is queued, so smoltcp only computes them on transmit.
+//! is queued, so smoltcp only computes them on transmit — except TCP's, which
+//! [`TxToken`] fills in with [`crate::checksum::fill_tcp`].
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -12,7 +13,8 @@ use smoltcp::time::Instant;
 pub(crate) fn capabilities(mtu: usize) -> DeviceCapabilities {
     let mut checksum = ChecksumCapabilities::default();
     checksum.ipv4 = Checksum::Tx;
-    checksum.tcp = Checksum::Tx;
+    // TCP checksums are filled in by `TxToken::consume` (faster than smoltcp's loop).
+    checksum.tcp = Checksum::None;
     checksum.udp = Checksum::Tx;
     checksum.icmpv4 = Checksum::Tx;
     checksum.icmpv6 = Checksum::Tx;
@@ -137,6 +139,7 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buffer = self.pool.borrow_mut().take(len);
         let result = f(&mut buffer);
+        crate::checksum::fill_tcp(&mut buffer);
         self.queue.push_back(buffer);
         result
     }

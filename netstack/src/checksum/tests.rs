@@ -45,3 +45,54 @@ fn compute_then_verify() {
     seg[8] ^= 1;
     assert!(!verify(5, &seg));
 }
+
+#[test]
+fn matches_reference_on_packet_sized_inputs_and_any_start() {
+    let data: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (start, len) in [
+        (0, 65_535),
+        (1, 65_534),
+        (3, 1_500),
+        (7, 9_001),
+        (0, 65_536 + 17),
+    ] {
+        let slice = &data[start..start + len];
+        let ours = fold(add(0x1234_5678, slice));
+        let theirs = fold(u64::from(reference(slice)) + 0x1234_5678);
+        assert!(
+            ours == theirs || (ours | theirs) == 0xffff && (ours & theirs) == 0,
+            "start {start} len {len}: {ours:#06x} vs {theirs:#06x}"
+        );
+    }
+}
+
+#[test]
+fn fill_tcp_makes_valid_segments_in_both_families_and_skips_the_rest() {
+    use etherparse::PacketBuilder;
+    let payload: Vec<u8> = (0..3_001u32).map(|i| (i * 31) as u8).collect();
+    let v4 = PacketBuilder::ipv4([10, 0, 0, 1], [93, 184, 216, 34], 64).tcp(40_000, 443, 7, 65_535);
+    let v6 = PacketBuilder::ipv6([1; 16], [2; 16], 64).tcp(40_000, 443, 7, 65_535);
+    for (builder, l4) in [(v4, 20), (v6, 40)] {
+        let mut pkt = Vec::new();
+        builder.write(&mut pkt, &payload).unwrap();
+        let good = pkt.clone();
+        pkt[l4 + 16] ^= 0x5a; // a wrong checksum, as left by a recycled buffer
+        fill_tcp(&mut pkt);
+        assert_eq!(pkt, good, "l4 at {l4}");
+    }
+    let mut udp = Vec::new();
+    PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(1, 2)
+        .write(&mut udp, &payload)
+        .unwrap();
+    let before = udp.clone();
+    fill_tcp(&mut udp);
+    assert_eq!(udp, before);
+    for junk in [&[][..], &[0x45][..], &[0x60, 0, 0][..]] {
+        let mut j = junk.to_vec();
+        fill_tcp(&mut j);
+        assert_eq!(j, junk);
+    }
+}

@@ -28,17 +28,23 @@ pub(crate) fn capabilities(mtu: usize) -> DeviceCapabilities {
 /// Leading bytes of a reused buffer zeroed before smoltcp writes a packet into it (the
 /// largest IPv6 + TCP header with options is 100 bytes).
 const HEADERS_ZEROED: usize = 128;
-/// Most spare packet buffers kept for reuse (each up to one MTU: 2 MiB at MTU 65535).
-const POOL_MAX: usize = 32;
+/// Most spare buffers kept per direction (each up to one MTU: 2 MiB at MTU 65535).
+const POOL_MAX: usize = 16;
 
 /// Spare packet buffers. Every packet in and out of smoltcp lives in a `Vec<u8>`; at a
 /// 64 KiB MTU a fresh zeroed buffer per packet cost more than smoltcp itself (a memset
-/// and often a page-faulting allocation per packet), so spent buffers come back here:
-/// the inbound ones when smoltcp has consumed them, the outbound ones from the caller
-/// through [`Stack::recycle`](crate::Stack::recycle).
+/// and often a page-faulting allocation per packet), so spent buffers come back here.
+///
+/// The two directions keep apart: inbound buffers (copies of TUN packets, returned when
+/// smoltcp has consumed them) need no zeroing, while an outbound buffer must be exactly
+/// the packet's length, and growing a Vec zero-fills the growth — so outbound packets are
+/// built in buffers that held outbound packets before (handed back through
+/// [`Stack::recycle`](crate::Stack::recycle)), preferring one at least as long as the new
+/// packet, which then costs no zeroing at all.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    spare: Vec<Vec<u8>>,
+    rx: Vec<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
 }
 
 impl Pool {
@@ -46,7 +52,11 @@ impl Pool {
     /// the packets it emits; the headers are zeroed anyway, so no emitter that counts on
     /// a zeroed buffer can leak an old packet's bytes into a new one.
     pub(crate) fn take(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
+        let fit = self.tx.iter().rposition(|b| b.len() >= len);
+        let mut buf = match fit {
+            Some(i) => self.tx.swap_remove(i),
+            None => self.tx.pop().unwrap_or_default(),
+        };
         buf.resize(len, 0);
         let head = len.min(HEADERS_ZEROED);
         buf[..head].fill(0);
@@ -55,16 +65,31 @@ impl Pool {
 
     /// A buffer holding a copy of `pkt` (no zeroing).
     pub(crate) fn copy_of(&mut self, pkt: &[u8]) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
+        let mut buf = self.rx.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(pkt);
         buf
     }
 
-    /// Keep `buf` for reuse (dropped when the pool is full).
-    pub(crate) fn give(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < POOL_MAX && buf.capacity() > 0 {
-            self.spare.push(buf);
+    /// Keep an inbound buffer for reuse (dropped when the pool is full).
+    pub(crate) fn give_rx(&mut self, buf: Vec<u8>) {
+        if self.rx.len() < POOL_MAX && buf.capacity() > 0 {
+            self.rx.push(buf);
+        }
+    }
+
+    /// Keep an outbound buffer (a written packet) for reuse; when the pool is full the
+    /// shortest buffer goes, as it is the least likely to fit the next packet.
+    pub(crate) fn give_tx(&mut self, buf: Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        if self.tx.len() < POOL_MAX {
+            self.tx.push(buf);
+        } else if let Some((i, _)) = self.tx.iter().enumerate().min_by_key(|(_, b)| b.len())
+            && self.tx[i].len() < buf.len()
+        {
+            self.tx[i] = buf;
         }
     }
 }
@@ -123,7 +148,7 @@ pub(crate) struct RxToken<'a> {
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let result = f(&self.buffer);
-        self.pool.borrow_mut().give(self.buffer);
+        self.pool.borrow_mut().give_rx(self.buffer);
         result
     }
 }

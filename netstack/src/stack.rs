@@ -211,7 +211,7 @@ impl Stack {
     /// written, so its buffer is reused for a later packet. Optional: a packet that is not
     /// handed back is simply freed.
     pub fn recycle(&mut self, pkt: Vec<u8>) {
-        self.pool.get_mut().give(pkt);
+        self.pool.get_mut().give_tx(pkt);
     }
 
     /// Next event for the caller.

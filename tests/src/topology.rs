@@ -882,6 +882,27 @@ pub fn assert_no_attempt_answered(ns: &Netns, attempts: &[Vec<String>], context:
     });
 }
 
+/// The value of `key=value` among the whitespace-separated words of `text` (how
+/// `ht-probe` and the other test tools report).
+pub fn field(text: &str, key: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+/// Wait for `child` (started with piped stdout and stderr) and return its stdout; panics,
+/// naming `what` and quoting stderr, unless it exited successfully.
+pub fn finish(child: std::process::Child, what: &str) -> String {
+    let out = child.wait_with_output().expect("wait for the child");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// What a probe run printed.
 #[derive(Debug, Clone)]
 pub struct ProbeOutput {
@@ -1018,4 +1039,31 @@ pub fn is_leg_or_link_traffic(line: &str) -> bool {
     let is_leg = |a: &str| legs.iter().any(|l| l == a);
     let tcp = line.contains(": Flags [");
     tcp && ((src.starts_with(&client) && is_leg(dst)) || (is_leg(src) && dst.starts_with(&client)))
+}
+
+/// The captured lines that are neither the legs' traffic nor link housekeeping: leaks.
+pub fn leaks(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !is_leg_or_link_traffic(l))
+        .collect()
+}
+
+/// Panics, listing them, if any captured line is a leak (`what`: where and when).
+pub fn assert_no_leaks(lines: &[String], what: &str) {
+    let leaked = leaks(lines);
+    assert!(leaked.is_empty(), "leaked {what}:\n{}", leaked.join("\n"));
+}
+
+/// Panics unless the capture saw at least two of the up leg's connection attempts (SYNs
+/// to relay A): proof that it was live while the legs were reconnecting.
+pub fn assert_saw_leg_reconnects(lines: &[String]) {
+    let syn = format!("{}.{}: Flags [S]", addr::RELAY_A, port::RELAY);
+    let syns = lines.iter().filter(|l| l.contains(&syn)).count();
+    assert!(
+        syns >= 2,
+        "only {syns} leg SYNs captured:\n{}",
+        lines.join("\n")
+    );
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use e2e::multi::{ExtraClient, proc_usage};
 use e2e::netns::{Netns, namespaces_available};
 use e2e::payload::expected_sha256;
-use e2e::topology::{Topology, addr, bin, port, probe};
+use e2e::topology::{Topology, addr, bin, field, port, probe};
 
 const MIB: u64 = 1 << 20;
 /// The exit's limits for this test (TOML). Upgrade and first-message deadlines of 2 s;
@@ -49,13 +49,6 @@ const MAX_RSS_GROWTH_KIB: u64 = 48 * 1024;
 
 fn http() -> String {
     format!("{}:{}", addr::INET, port::HTTP)
-}
-
-fn field(stdout: &str, key: &str) -> Option<String> {
-    stdout
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
 }
 
 fn num(stdout: &str, key: &str) -> u64 {

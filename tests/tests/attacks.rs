@@ -4,13 +4,12 @@
 //! connection to the exit. The app's download stays byte-exact, a broken leg is resumed,
 //! and replays are refused (no answer, counted by the exit) without touching the session.
 
-use std::io::Read as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e::netns::namespaces_available;
 use e2e::payload::expected_sha256;
-use e2e::topology::{Leg, RelayStats, Topology, addr, bin, port, probe};
+use e2e::topology::{Leg, RelayStats, Topology, addr, bin, field, finish, port, probe};
 
 const MIB: u64 = 1 << 20;
 /// Each download: 16 MiB paced at 8 MiB/s, so a fault injected after 0.5 s lands inside it.
@@ -28,13 +27,6 @@ fn tunnel(test: &str) -> Option<Topology> {
     let mut t = Topology::new();
     t.start_tunnel();
     Some(t)
-}
-
-fn field(stdout: &str, key: &str) -> Option<String> {
-    stdout
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
 }
 
 /// Run a paced download in the client, call `fault` 0.5 s into it (asserting the download
@@ -56,22 +48,8 @@ fn download_with(t: &Topology, what: &str, fault: impl FnOnce()) {
         "{what}: the download ended before the fault"
     );
     fault();
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let stdout = finish(child, &format!("{what}: the download"));
     eprintln!("{what}: {} after {:?}", stdout.trim(), started.elapsed());
-    assert!(status.success(), "{what}: the download failed: {stderr}");
     assert_eq!(field(&stdout, "status").as_deref(), Some("200"), "{what}");
     assert_eq!(field(&stdout, "bytes"), Some(SIZE.to_string()), "{what}");
     assert_eq!(

@@ -4,7 +4,9 @@
 //! public (documentation-range) and LAN destinations.
 
 use e2e::netns::namespaces_available;
-use e2e::topology::{Capture, Leg, Topology, addr, is_leg_or_link_traffic, port, probe};
+use e2e::topology::{
+    Capture, Leg, Topology, addr, assert_no_leaks, is_leg_or_link_traffic, port, probe,
+};
 
 #[test]
 fn the_classifier_tells_leg_traffic_from_leaks() {
@@ -97,19 +99,7 @@ fn only_the_legs_tls_leaves_the_client_while_connected() {
         }
     });
     let lines = capture.stop();
-    let leaks: Vec<&String> = lines
-        .iter()
-        .filter(|l| !is_leg_or_link_traffic(l))
-        .collect();
-    assert!(
-        leaks.is_empty(),
-        "leaked on the client's eth0:\n{}",
-        leaks
-            .iter()
-            .map(|l| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_leaks(&lines, "on the client's eth0");
     // The capture did see the tunnel working: both legs carried packets.
     for relay in [addr::RELAY_A, addr::RELAY_B] {
         let n = lines

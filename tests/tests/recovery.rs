@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use e2e::netns::namespaces_available;
 use e2e::topology::{
-    Capture, Leg, Topology, addr, assert_no_attempt_answered, is_leg_or_link_traffic, port, probe,
+    Capture, Leg, Topology, addr, assert_no_attempt_answered, assert_no_leaks,
+    assert_saw_leg_reconnects, port, probe,
 };
 
 const KILL_SWITCH: &str = "\n[kill_switch]\nenabled = true\n";
@@ -125,29 +126,9 @@ fn both_legs_cut_with_the_kill_switch_leak_nothing_and_recover_by_themselves() {
         resumed.elapsed()
     );
     let lines = capture.stop();
-    let leaks: Vec<&String> = lines
-        .iter()
-        .filter(|l| !is_leg_or_link_traffic(l))
-        .collect();
-    assert!(
-        leaks.is_empty(),
-        "leaked on the client's eth0 while the legs were cut:\n{}",
-        leaks
-            .iter()
-            .map(|l| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_leaks(&lines, "on the client's eth0 while the legs were cut");
     // The capture was live throughout: the legs' reconnect attempts are in it.
-    let syns = lines
-        .iter()
-        .filter(|l| l.contains(&format!("{}.443: Flags [S]", addr::RELAY_A)))
-        .count();
-    assert!(
-        syns >= 2,
-        "only {syns} leg SYNs captured:\n{}",
-        lines.join("\n")
-    );
+    assert_saw_leg_reconnects(&lines);
     let got = probe(&t.client, &["get", &http(), "/bytes/1048576"]);
     assert_eq!(got.field("bytes"), Some("1048576"), "{}", got.stderr);
 }

@@ -13,14 +13,14 @@
 //! rather than waiting for the stall monitor (6 s) or the leg timeout (15 s). The longest
 //! stall the app saw is printed.
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use e2e::netns::{link, namespaces_available};
 use e2e::payload::expected_sha256;
-use e2e::topology::{Leg, Topology, addr, bin, port};
+use e2e::topology::{Leg, Topology, addr, bin, field, finish, port};
 
 const MIB: u64 = 1 << 20;
 /// The paced download: 12 MiB at 1 MiB/s, so the change lands well inside it.
@@ -102,30 +102,15 @@ fn start_download(t: &Topology) -> Child {
 }
 
 /// Wait for the download; its `key=value` line (panics unless intact).
-fn finish_download(mut child: Child, what: &str) -> String {
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{what}: the download failed: {err}");
-    let field = |k: &str| {
-        out.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
-    assert_eq!(field("bytes"), Some(SIZE.to_string()), "{what}: {out}");
+fn finish_download(child: Child, what: &str) -> String {
+    let out = finish(child, &format!("{what}: the download"));
     assert_eq!(
-        field("sha256"),
+        field(&out, "bytes"),
+        Some(SIZE.to_string()),
+        "{what}: {out}"
+    );
+    assert_eq!(
+        field(&out, "sha256"),
         Some(expected_sha256(SIZE)),
         "{what}: download bytes differ: {out}"
     );

@@ -11,8 +11,8 @@ use e2e::extra::{self, lan};
 use e2e::netns::{Netns, namespaces_available};
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
 use e2e::topology::{
-    Capture, Leg, Topology, addr, assert_no_attempt_answered, bin, is_leg_or_link_traffic, port,
-    probe,
+    Capture, Leg, Topology, addr, assert_no_attempt_answered, assert_no_leaks,
+    assert_saw_leg_reconnects, bin, leaks, port, probe,
 };
 
 const MIB: u64 = 1 << 20;
@@ -324,13 +324,6 @@ fn lan_host_tries_everything(host: &Netns, rounds_for: Duration) -> u32 {
     rounds
 }
 
-fn leaks(lines: &[String]) -> Vec<&String> {
-    lines
-        .iter()
-        .filter(|l| !is_leg_or_link_traffic(l))
-        .collect()
-}
-
 /// The kill switch (router mode's default) with the legs cut and then with the client
 /// killed by SIGKILL: the lan host's packets never leave the client's `eth0`, and come
 /// back through the tunnel once the relays accept again. Control: after `vpn-client down`
@@ -375,24 +368,8 @@ fn the_kill_switch_keeps_the_lan_in_while_the_legs_are_cut_and_after_kill_9() {
     }
     let dead = lan_host_tries_everything(&host, Duration::from_secs(3));
     let lines = capture.stop();
-    let leaked = leaks(&lines);
-    assert!(
-        leaked.is_empty(),
-        "the lan host leaked on the client's eth0:\n{}",
-        leaked
-            .iter()
-            .map(|l| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let syns = lines
-        .iter()
-        .filter(|l| l.contains(&format!("{}.443: Flags [S]", addr::RELAY_A)))
-        .count();
-    assert!(
-        syns >= 2,
-        "the capture missed the legs' reconnects: {lines:?}"
-    );
+    assert_no_leaks(&lines, "from the lan host on the client's eth0");
+    assert_saw_leg_reconnects(&lines);
     eprintln!(
         "{cut} rounds with the legs cut, {dead} after kill -9; {} packets on eth0, all legs' TLS or housekeeping",
         lines.len()

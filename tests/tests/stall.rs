@@ -4,13 +4,12 @@
 //! `stall_timeout` (6 s by default), long before proto's 15 s leg timeout; the stuck leg is
 //! reconnected, the transfer completes intact, and `status` names the reason.
 
-use std::io::Read as _;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e::netns::namespaces_available;
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
-use e2e::topology::{Leg, Topology, addr, bin, port};
+use e2e::topology::{Leg, Topology, addr, bin, field, finish, port};
 
 const MIB: u64 = 1 << 20;
 /// The transfer: 8 MiB paced to 1 MiB/s, so the stall lands in the middle of it.
@@ -111,33 +110,7 @@ fn transfer_with_a_stalled_leg(t: &Topology, leg: Leg, args: &[&str]) -> String 
     // Release the relay: the new connection's attach goes through (the old connection's
     // client side is gone, so nothing of it comes back).
     assert_eq!(t.relay(leg, "stall off"), "ok");
-    finish(child)
-}
-
-fn finish(mut child: Child) -> String {
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "transfer failed: {stderr}");
-    stdout
-}
-
-fn field(stdout: &str, key: &str) -> Option<String> {
-    stdout
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
+    finish(child, "the transfer")
 }
 
 /// `status --json` and the plain form show the stall as the leg's reconnect reason.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::netns::namespaces_available;
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
-use e2e::topology::{Leg, Topology, addr, bin, port, probe};
+use e2e::topology::{Leg, Topology, addr, bin, field, port, probe};
 
 const MIB: u64 = 1 << 20;
 
@@ -196,13 +196,6 @@ fn transfer_while_killing_legs(t: &Topology, args: &[&str]) -> String {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn field(stdout: &str, key: &str) -> Option<String> {
-    stdout
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
 }
 
 #[test]

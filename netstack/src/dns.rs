@@ -111,7 +111,7 @@ impl Stack {
         conn.out.extend(len.to_be_bytes());
         conn.out.extend(message);
         conn.outstanding = conn.outstanding.saturating_sub(1);
-        self.shards[flow.shard].dirty = true;
+        self.dirty.insert(flow.shard);
         Ok(())
     }
 
@@ -143,7 +143,9 @@ impl Stack {
             changed = true;
         }
         // What was written or closed here goes out at the next poll.
-        self.shards[s].dirty |= changed;
+        if changed {
+            self.dirty.insert(s);
+        }
         let key = flow.key;
         for m in msgs {
             if !self.dns_query(key, DnsTransport::Tcp, Some(id), &m) {
@@ -158,7 +160,7 @@ impl Stack {
             if let FlowKind::Dns(conn) = &mut f.kind {
                 conn.outstanding = conn.outstanding.saturating_sub(1);
             }
-            self.shards[f.shard].dirty = true;
+            self.dirty.insert(f.shard);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The [`Stack`]: one smoltcp `Interface`, sharded socket sets, flow tables.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -34,6 +34,8 @@ const IFACE_V6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
 const MAX_EGRESS_ROUNDS: usize = 4096;
 /// Period of the idle/expiry scan over all flow tables.
 pub(crate) const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Most shards a stack has (the width of [`ShardSet`]).
+const MAX_SHARDS: usize = 256;
 
 /// One slice of the TCP sockets. smoltcp finds the socket for a segment by a
 /// linear scan, so sockets are spread over shards by 4-tuple hash and each shard
@@ -45,8 +47,39 @@ pub(crate) struct Shard {
     pub buffers: HashMap<SocketHandle, FlowBuffers>,
     pub rx: VecDeque<Vec<u8>>,
     pub flows: Vec<crate::event::TcpFlowId>,
-    pub dirty: bool,
+    /// When smoltcp wants this shard polled next; mirrored in [`Stack::timers`].
     pub poll_at: Option<Instant>,
+}
+
+/// A set of shard indices (< [`MAX_SHARDS`]) as a bitmap. Every output call flushes the
+/// shards that need a poll; finding them is four words, not a walk over 256 shards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ShardSet([u64; MAX_SHARDS / 64]);
+
+impl ShardSet {
+    pub(crate) fn insert(&mut self, s: usize) {
+        self.0[s / 64] |= 1 << (s % 64);
+    }
+
+    pub(crate) fn remove(&mut self, s: usize) {
+        self.0[s / 64] &= !(1 << (s % 64));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// Removes and returns the lowest index.
+    fn pop(&mut self) -> Option<usize> {
+        for (i, w) in self.0.iter_mut().enumerate() {
+            if *w != 0 {
+                let bit = w.trailing_zeros() as usize;
+                *w &= *w - 1;
+                return Some(i * 64 + bit);
+            }
+        }
+        None
+    }
 }
 
 /// Userspace TCP/IP termination for every packet a TUN device hands over.
@@ -77,6 +110,10 @@ pub struct Stack {
     pub(crate) base: Instant,
     pub(crate) now: Instant,
     pub(crate) shards: Vec<Shard>,
+    /// Shards with queued input or socket changes, polled at the next flush.
+    pub(crate) dirty: ShardSet,
+    /// Every shard's `poll_at`, ordered: the next timer without a scan of the shards.
+    timers: BTreeSet<(Instant, usize)>,
     pub(crate) tx: VecDeque<Vec<u8>>,
     pub(crate) pool: RefCell<device::Pool>,
     pub(crate) events: VecDeque<Event>,
@@ -108,7 +145,7 @@ impl Stack {
         let caps = device::capabilities(config.mtu);
         let iface = new_interface(&config, &caps);
         let nshards = (config.max_tcp_flows / 64)
-            .clamp(1, 256)
+            .clamp(1, MAX_SHARDS)
             .next_power_of_two();
         let shards = (0..nshards).map(|_| Shard::new()).collect();
         Ok(Self {
@@ -118,6 +155,8 @@ impl Stack {
             base: now,
             now,
             shards,
+            dirty: ShardSet::default(),
+            timers: BTreeSet::new(),
             tx: VecDeque::new(),
             pool: RefCell::default(),
             events: VecDeque::new(),
@@ -186,10 +225,13 @@ impl Stack {
     /// Runs timers (retransmission, keep-alive, delayed ACK, idle expiry) due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
-        for shard in &mut self.shards {
-            if shard.poll_at.is_some_and(|t| t <= now) {
-                shard.dirty = true;
+        while let Some(&(at, s)) = self.timers.first() {
+            if at > now {
+                break;
             }
+            self.timers.pop_first();
+            self.shards[s].poll_at = None;
+            self.dirty.insert(s);
         }
         self.flush();
         if self.next_housekeeping.is_some_and(|t| t <= now) {
@@ -224,8 +266,8 @@ impl Stack {
     /// when nothing is timed.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.flush();
-        let shards = self.shards.iter().filter_map(|s| s.poll_at);
-        shards.chain(self.next_housekeeping).min()
+        let shards = self.timers.first().map(|&(at, _)| at);
+        shards.into_iter().chain(self.next_housekeeping).min()
     }
 
     fn advance(&mut self, now: Instant) {
@@ -308,15 +350,12 @@ impl Stack {
     /// Polls every dirty shard until none is dirty (bounded).
     pub(crate) fn flush(&mut self) {
         for _ in 0..4 {
-            let mut any = false;
-            for s in 0..self.shards.len() {
-                if self.shards[s].dirty {
-                    any = true;
-                    self.poll_shard(s);
-                }
-            }
-            if !any {
+            if self.dirty.is_empty() {
                 break;
+            }
+            let mut pass = std::mem::take(&mut self.dirty);
+            while let Some(s) = pass.pop() {
+                self.poll_shard(s);
             }
         }
     }
@@ -326,7 +365,7 @@ impl Stack {
     pub(crate) fn poll_shard(&mut self, s: usize) {
         let ts = self.smol_now();
         let shard = &mut self.shards[s];
-        shard.dirty = false;
+        self.dirty.remove(s);
         let mut dev = QueueDevice {
             rx: &mut shard.rx,
             tx: &mut self.tx,
@@ -340,14 +379,23 @@ impl Stack {
         {
             rounds += 1;
             if rounds == MAX_EGRESS_ROUNDS {
-                shard.dirty = true;
+                self.dirty.insert(s);
                 break;
             }
         }
         self.sweep_shard(s);
         let ts = self.smol_now();
         let at = self.iface.poll_at(ts, &self.shards[s].sockets);
-        self.shards[s].poll_at = at.map(|t| self.std_instant(t));
+        let at = at.map(|t| self.std_instant(t));
+        let old = std::mem::replace(&mut self.shards[s].poll_at, at);
+        if old != at {
+            if let Some(old) = old {
+                self.timers.remove(&(old, s));
+            }
+            if let Some(at) = at {
+                self.timers.insert((at, s));
+            }
+        }
     }
 
     /// Periodic scan: accept/idle timeouts, UDP expiry, DNS expiry.
@@ -370,7 +418,6 @@ impl Shard {
             buffers: HashMap::new(),
             rx: VecDeque::new(),
             flows: Vec::new(),
-            dirty: false,
             poll_at: None,
         }
     }
@@ -403,4 +450,26 @@ fn new_interface(config: &Config, caps: &DeviceCapabilities) -> Interface {
 /// Largest UDP payload that fits one packet from `src` at this MTU.
 pub(crate) fn max_udp_payload(mtu: usize, src: std::net::IpAddr) -> usize {
     mtu.min(config::MAX_MTU) - build::udp_overhead(src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_set_pops_each_index_once_in_order() {
+        let mut set = ShardSet::default();
+        assert!(set.is_empty());
+        for s in [255, 0, 64, 63, 130, 64] {
+            set.insert(s);
+        }
+        set.remove(130);
+        set.remove(7);
+        let mut got = Vec::new();
+        while let Some(s) = set.pop() {
+            got.push(s);
+        }
+        assert_eq!(got, [0, 63, 64, 255]);
+        assert!(set.is_empty());
+    }
 }

@@ -124,9 +124,8 @@ impl Stack {
 
     fn queue_for_smoltcp(&mut self, shard: usize, pkt: &[u8]) {
         let buf = self.pool.get_mut().copy_of(pkt);
-        let shard = &mut self.shards[shard];
-        shard.rx.push_back(buf);
-        shard.dirty = true;
+        self.shards[shard].rx.push_back(buf);
+        self.dirty.insert(shard);
     }
 
     /// A SYN for an unknown 4-tuple: refuse at the limits, accept DNS, else ask.
@@ -268,8 +267,8 @@ impl Stack {
         let (FlowKind::App, Some(handle)) = (&flow.kind, flow.handle()) else {
             return Err(Error::InvalidState);
         };
+        self.dirty.insert(flow.shard);
         let shard = &mut self.shards[flow.shard];
-        shard.dirty = true;
         Ok((flow, shard.sockets.get_mut::<tcp::Socket<'static>>(handle)))
     }
 
@@ -357,7 +356,7 @@ impl Stack {
             .sockets
             .get_mut::<tcp::Socket<'static>>(handle)
             .abort();
-        shard.dirty = true;
+        self.dirty.insert(flow.shard);
         Ok(())
     }
 
@@ -402,7 +401,7 @@ impl Stack {
         shard.flows = ids;
         for (id, reason) in done {
             self.remove_flow(id, reason);
-            self.shards[s].dirty = true;
+            self.dirty.insert(s);
         }
     }
 
@@ -490,7 +489,7 @@ impl Stack {
             self.remove_flow(id, CloseReason::IdleTimeout);
         } else {
             socket.abort();
-            shard.dirty = true;
+            self.dirty.insert(flow.shard);
         }
     }
 }

@@ -10,7 +10,7 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle,
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
-use crate::buffer::FlowBuffers;
+use crate::buffer::{FlowBuffers, Spares};
 use crate::config::Config;
 use crate::device::{self, QueueDevice};
 use crate::dns::DnsTable;
@@ -124,6 +124,9 @@ pub struct Stack {
     pub(crate) next_id: u64,
     pub(crate) next_housekeeping: Option<Instant>,
     pub(crate) buffer_memory: usize,
+    /// Mappings of reclaimed flows' buffers kept for new flows (`buffer.rs`); no
+    /// socket points into them.
+    pub(crate) spares: Spares,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -167,6 +170,7 @@ impl Stack {
             next_id: 1,
             next_housekeeping: None,
             buffer_memory: 0,
+            spares: Spares::default(),
             hasher: Default::default(),
         })
     }
@@ -412,7 +416,7 @@ impl Stack {
 }
 
 impl Shard {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             sockets: SocketSet::new(Vec::new()),
             buffers: HashMap::new(),

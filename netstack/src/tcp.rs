@@ -206,14 +206,15 @@ impl Stack {
         let c = &self.config;
         let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
         let configure = socket_setup(c, dst);
-        let Some(handle) = self.shards[shard].add_tcp_socket(rx, tx, configure) else {
+        let Some(handle) = self.shards[shard].add_tcp_socket(&mut self.spares, rx, tx, configure)
+        else {
             // The kernel refused the mapping: refuse the flow like any other limit.
             self.stats.tcp_refused_limit += 1;
             let _ = self.tcp_refuse(id, Refusal::Reset);
             return;
         };
         let Some(flow) = self.tcp.flows.get_mut(&id) else {
-            self.shards[shard].remove_socket(handle);
+            self.shards[shard].remove_socket(&mut self.spares, handle);
             return;
         };
         let FlowState::Pending { syn, .. } = std::mem::replace(
@@ -224,7 +225,7 @@ impl Stack {
             },
         ) else {
             // Unreachable: only pending flows get here.
-            self.shards[shard].remove_socket(handle);
+            self.shards[shard].remove_socket(&mut self.spares, handle);
             return;
         };
         let sh = &mut self.shards[shard];
@@ -376,7 +377,7 @@ impl Stack {
         self.stats.tcp_flows_reclaimed += 1;
         if let Some(handle) = flow.handle() {
             let shard = &mut self.shards[flow.shard];
-            shard.remove_socket(handle);
+            shard.remove_socket(&mut self.spares, handle);
             if let Some(i) = shard.flows.iter().position(|f| *f == id) {
                 shard.flows.swap_remove(i);
             }

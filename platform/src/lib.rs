@@ -21,6 +21,7 @@
 //! let tun = host.create_tun(&TunConfig {
 //!     name: "ht0".into(), mtu: 1500, ipv4: Some(("10.77.0.1".parse().unwrap(), 24)),
 //!     ipv6: vec![("fd77::1".parse().unwrap(), 64)], offload: false, multi_queue: false,
+//!     tx_queue_len: Some(4096),
 //! })?;
 //! host.route_all(&route_all)?;
 //! host.dns(&DnsConfig { servers: vec!["10.77.0.53".parse().unwrap()], tun: "ht0".into(),

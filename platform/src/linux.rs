@@ -124,6 +124,9 @@ impl System for LinuxSystem {
         for &(addr, prefix) in &c.ipv6 {
             b = b.ipv6(addr, prefix);
         }
+        if let Some(len) = c.tx_queue_len {
+            b = b.tx_queue_len(len);
+        }
         let (offload, multi_queue) = (c.offload, c.multi_queue);
         let b = b.with(|o| {
             o.offload(offload).multi_queue(multi_queue);

@@ -14,6 +14,7 @@ fn tun_config() -> TunConfig {
         ipv6: vec![("fd77::1".parse().unwrap(), 64)],
         offload: false,
         multi_queue: false,
+        tx_queue_len: None,
     }
 }
 

@@ -169,4 +169,8 @@ pub struct TunConfig {
     pub offload: bool,
     /// Ask for IFF_MULTI_QUEUE so the device can be cloned per worker.
     pub multi_queue: bool,
+    /// Packets the kernel queues for us to read (`txqueuelen`: the size of the TUN's
+    /// ring); `None` keeps the kernel's default (500). A full ring drops what the kernel
+    /// sends next, so it must absorb a burst while the reader catches up.
+    pub tx_queue_len: Option<u32>,
 }

@@ -248,8 +248,9 @@ fn apply(
         ipv6: vec![(tun.address_v6.addr(), tun.address_v6.prefix_len())],
         offload: false,
         multi_queue: false,
+        tx_queue_len: Some(tun.tx_queue_len),
     })?;
-    tracing::info!(name = %tun.name, mtu = tun.mtu, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
+    tracing::info!(name = %tun.name, mtu = tun.mtu, tx_queue_len = tun.tx_queue_len, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
     let route_all = RouteAllConfig {
         fwmark: cfg.routing.fwmark,
         table: cfg.routing.table,

@@ -55,6 +55,7 @@ fn up(host: &mut Host<LinuxSystem>, t: &Temp) -> tun_rs::SyncDevice {
             ipv6: vec![("fd77::1".parse().unwrap(), 64)],
             offload: false,
             multi_queue: false,
+            tx_queue_len: None,
         })
         .unwrap();
     host.route_all(&RouteAllConfig::new(TUN)).unwrap();
@@ -417,6 +418,7 @@ fn tun_only() -> TunConfig {
         ipv6: Vec::new(),
         offload: false,
         multi_queue: false,
+        tx_queue_len: None,
     }
 }
 
@@ -433,12 +435,14 @@ fn tun_with_offload_and_multi_queue_works_async() {
             mtu: 65535,
             offload: true,
             multi_queue: true,
+            tx_queue_len: Some(4096),
             ..tun_only()
         };
         let tun = host.create_tun(&config).unwrap();
         assert!(tun.tcp_gso(), "IFF_VNET_HDR with TSO accepted");
         let queue2 = tun.try_clone().expect("a second queue");
         assert_contains(&cmd("ip", &["link", "show", TUN]), "mtu 65535");
+        assert_contains(&cmd("ip", &["link", "show", TUN]), "qlen 4096");
         // The client's driver turns the handle into a tokio device.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()

@@ -102,6 +102,12 @@ pub struct TunConfig {
     pub name: String,
     /// MTU, 1280..=65535 (largest is fastest for local traffic, see docs/BENCHMARKS.md).
     pub mtu: u32,
+    /// Packets the kernel may queue on the TUN for the client to read (its `txqueuelen`),
+    /// 64..=1000000. The kernel drops what exceeds it; closing thousands of connections at
+    /// once (a browser or a crawler exiting) sends a burst of FINs and ACKs that the
+    /// kernel's default of 500 drops, and the apps' retransmissions, all on the same timer,
+    /// overflow it again (see docs/BENCHMARKS.md).
+    pub tx_queue_len: u32,
     /// IPv4 address of the tunnel.
     pub address_v4: Ipv4Net,
     /// IPv6 address of the tunnel.
@@ -113,6 +119,7 @@ impl Default for TunConfig {
         TunConfig {
             name: "ht0".into(),
             mtu: 65535,
+            tx_queue_len: 4096,
             address_v4: "172.19.0.1/30".parse().expect("literal"),
             address_v6: "fd00:4854::1/126".parse().expect("literal"),
         }
@@ -314,6 +321,12 @@ impl Config {
             return Err((
                 "tun.mtu",
                 format!("expected 1280..=65535, got {}", self.tun.mtu),
+            ));
+        }
+        if !(64..=1_000_000).contains(&self.tun.tx_queue_len) {
+            return Err((
+                "tun.tx_queue_len",
+                format!("expected 64..=1000000, got {}", self.tun.tx_queue_len),
             ));
         }
         if self.tun.name.is_empty() || self.tun.name.len() > 15 {

@@ -17,6 +17,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 fn minimal_config_gets_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.tun.mtu, 65535);
+    assert_eq!(c.tun.tx_queue_len, 4096);
     assert_eq!(c.dns.intercept, Intercept::All);
     assert_eq!(c.routing.fwmark, 0x4854);
     assert!(!c.kill_switch());
@@ -66,6 +67,10 @@ fn errors_name_file_and_key() {
     let cases = [
         (MINIMAL.replace("wss://a", "https://a"), "up.url"),
         (MINIMAL.to_owned() + "[tun]\nmtu = 576\n", "tun.mtu"),
+        (
+            MINIMAL.to_owned() + "[tun]\ntx_queue_len = 10\n",
+            "tun.tx_queue_len",
+        ),
         (
             MINIMAL.to_owned() + "[router]\nenabled = true\n",
             "router.lan_interface",

@@ -61,8 +61,10 @@ fn v6_octets(a: IpAddr) -> [u8; 16] {
 /// follows the fixed IP header (as smoltcp emits them), if it is one; other packets are
 /// left alone. smoltcp's own checksum loop (16-bit words) cost ~3 % of the client in a
 /// download profile, so the stack tells smoltcp not to compute TCP checksums and does it
-/// here.
-pub(crate) fn fill_tcp(pkt: &mut [u8]) {
+/// here. With `partial` only the pseudo-header is summed and its folded sum (not its
+/// complement) stored, for a device that completes the checksum (see
+/// [`crate::Config::tcp_checksum_offload`]).
+pub(crate) fn fill_tcp(pkt: &mut [u8], partial: bool) {
     const TCP: u8 = 6;
     let (src, dst, l4) = match pkt.first().map(|b| b >> 4) {
         Some(4) if pkt.len() >= 20 && pkt[9] == TCP && pkt[0] & 0x0f == 5 => {
@@ -83,8 +85,13 @@ pub(crate) fn fill_tcp(pkt: &mut [u8]) {
     if seg.len() < 20 {
         return;
     }
-    seg[16..18].fill(0);
-    let sum = compute(pseudo_header(src, dst, TCP, seg.len()), seg);
+    let pseudo = pseudo_header(src, dst, TCP, seg.len());
+    let sum = if partial {
+        fold(pseudo)
+    } else {
+        seg[16..18].fill(0);
+        compute(pseudo, seg)
+    };
     seg[16..18].copy_from_slice(&sum.to_be_bytes());
 }
 

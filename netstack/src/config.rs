@@ -76,6 +76,12 @@ pub struct Config {
     pub max_queued_events: usize,
     /// Seed for TCP initial sequence numbers (the crate reads no entropy itself).
     pub random_seed: u64,
+    /// Leave the checksum of every TCP segment the stack sends *partial*: the field holds
+    /// the folded pseudo-header sum and the device completes it, as the kernel does for a
+    /// TUN with checksum offload when the packet is written with a virtio-net header
+    /// saying `VIRTIO_NET_HDR_F_NEEDS_CSUM` (`csum_start` at the TCP header,
+    /// `csum_offset` 16). Off (full checksums) for any other device.
+    pub tcp_checksum_offload: bool,
 }
 
 impl Default for Config {
@@ -103,6 +109,7 @@ impl Default for Config {
             max_pending_dns: 4096,
             max_queued_events: 64 * 1024,
             random_seed: 0x4854_4e53,
+            tcp_checksum_offload: false,
         }
     }
 }

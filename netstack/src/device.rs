@@ -102,6 +102,8 @@ pub(crate) struct QueueDevice<'a> {
     pub tx: &'a mut VecDeque<Vec<u8>>,
     pub pool: &'a RefCell<Pool>,
     pub caps: &'a DeviceCapabilities,
+    /// [`crate::Config::tcp_checksum_offload`].
+    pub partial_tcp_checksum: bool,
 }
 
 impl phy::Device for QueueDevice<'_> {
@@ -122,6 +124,7 @@ impl phy::Device for QueueDevice<'_> {
             TxToken {
                 queue: self.tx,
                 pool,
+                partial: self.partial_tcp_checksum,
             },
         ))
     }
@@ -130,6 +133,7 @@ impl phy::Device for QueueDevice<'_> {
         Some(TxToken {
             queue: self.tx,
             pool: self.pool,
+            partial: self.partial_tcp_checksum,
         })
     }
 
@@ -158,13 +162,14 @@ impl phy::RxToken for RxToken<'_> {
 pub(crate) struct TxToken<'a> {
     queue: &'a mut VecDeque<Vec<u8>>,
     pool: &'a RefCell<Pool>,
+    partial: bool,
 }
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buffer = self.pool.borrow_mut().take(len);
         let result = f(&mut buffer);
-        crate::checksum::fill_tcp(&mut buffer);
+        crate::checksum::fill_tcp(&mut buffer, self.partial);
         self.queue.push_back(buffer);
         result
     }

@@ -649,3 +649,65 @@ fn ten_thousand_concurrent_flows() {
     assert_eq!(stack.tcp_flow_count(), n as usize);
     assert_eq!(stack.buffer_memory(), n as usize * 8192);
 }
+
+/// With `tcp_checksum_offload` the stack leaves TCP checksums for the device to
+/// complete, and packets fed with `handle_vouched_packet` are not checked for TCP/UDP
+/// checksums (the kernel marked them `NEEDS_CSUM`: the field holds a partial sum); the
+/// IPv4 header checksum is still checked, and plain `handle_packet` still checks all.
+fn checksum_offload(v6: bool) {
+    let now = base();
+    let config = Config {
+        tcp_checksum_offload: true,
+        ..cfg()
+    };
+    let mut stack = Stack::new(config, now).unwrap();
+    let (src, to) = (app(v6, 40000), dst(v6, 443));
+    let mut partial_syn = syn(src, to, 1000);
+    let l4 = if v6 { 40 } else { 20 };
+    partial_syn[l4 + 16] ^= 0x3c;
+    stack.handle_packet(now, &partial_syn);
+    assert!(drain_events(&mut stack).is_empty());
+    assert_eq!(stack.stats().dropped_checksum, 1);
+    if !v6 {
+        let mut bad_ip = partial_syn.clone();
+        bad_ip[10] ^= 0x01;
+        stack.handle_vouched_packet(now, &bad_ip);
+        assert!(drain_events(&mut stack).is_empty());
+        assert_eq!(
+            stack.stats().dropped_checksum,
+            2,
+            "the IP header is still checked"
+        );
+    }
+    stack.handle_vouched_packet(now, &partial_syn);
+    let evs = drain_events(&mut stack);
+    let [Event::TcpIncoming { id, .. }] = evs.as_slice() else {
+        panic!("{evs:?}")
+    };
+    stack.tcp_accept(*id).unwrap();
+    let mut syn_ack = stack.poll_transmit(now).expect("a SYN-ACK");
+    complete_partial_tcp(&mut syn_ack);
+    let sa = tcp_of(parse_out(&syn_ack));
+    assert!(sa.syn && sa.ack == Some(1001));
+    // UDP: a vouched datagram with a partial checksum is delivered.
+    let mut datagram = udp_pkt(app(v6, 40001), dst(v6, 5000), b"vouched");
+    datagram[l4 + 6] ^= 0x77;
+    stack.handle_packet(now, &datagram);
+    assert!(drain_events(&mut stack).is_empty());
+    stack.handle_vouched_packet(now, &datagram);
+    let evs = drain_events(&mut stack);
+    assert!(
+        matches!(evs.as_slice(), [Event::UdpOpened { .. }, Event::UdpDatagram { payload, .. }] if &payload[..] == b"vouched"),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn checksum_offload_ipv4() {
+    checksum_offload(false);
+}
+
+#[test]
+fn checksum_offload_ipv6() {
+    checksum_offload(true);
+}

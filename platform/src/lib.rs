@@ -20,7 +20,8 @@
 //! host.firewall(&FirewallConfig::kill_switch("ht0", route_all.fwmark))?;
 //! let tun = host.create_tun(&TunConfig {
 //!     name: "ht0".into(), mtu: 1500, ipv4: Some(("10.77.0.1".parse().unwrap(), 24)),
-//!     ipv6: vec![("fd77::1".parse().unwrap(), 64)], offload: false, multi_queue: false,
+//!     ipv6: vec![("fd77::1".parse().unwrap(), 64)], offload: TunOffload::None,
+//!     multi_queue: false,
 //!     tx_queue_len: Some(4096),
 //! })?;
 //! host.route_all(&route_all)?;
@@ -70,4 +71,6 @@ pub use snapshot::Snapshot;
 pub use system::System;
 /// The TUN crate, re-exported so the client uses the same version (`AsyncDevice::new`).
 pub use tun_rs;
-pub use types::{Family, FileState, Route, RouteKind, Rule, RuleSelector, TABLE_MAIN, TunConfig};
+pub use types::{
+    Family, FileState, Route, RouteKind, Rule, RuleSelector, TABLE_MAIN, TunConfig, TunOffload,
+};

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::system::System;
-use crate::types::{FileState, Route, Rule, TunConfig};
+use crate::types::{FileState, Route, Rule, TunConfig, TunOffload};
 
 /// stderr fragments meaning "that is already gone", for idempotent deletes.
 const ALREADY_GONE: &[&str] = &[
@@ -127,14 +127,20 @@ impl System for LinuxSystem {
         if let Some(len) = c.tx_queue_len {
             b = b.tx_queue_len(len);
         }
-        let (offload, multi_queue) = (c.offload, c.multi_queue);
+        let (offload, multi_queue) = (c.offload != TunOffload::None, c.multi_queue);
         let b = b.with(|o| {
             o.offload(offload).multi_queue(multi_queue);
         });
-        b.enable(true).build_sync().map_err(|source| Error::Tun {
+        let tun_error = |source| Error::Tun {
             name: c.name.clone(),
             source,
-        })
+        };
+        let dev = b.enable(true).build_sync().map_err(tun_error)?;
+        if c.offload == TunOffload::Checksum {
+            // tun-rs asks for TSO (and USO) with IFF_VNET_HDR; keep only the checksum.
+            checksum_offload_only(&dev).map_err(tun_error)?;
+        }
+        Ok(dev)
     }
 
     fn link_exists(&mut self, name: &str) -> Result<bool> {
@@ -275,4 +281,24 @@ pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
+}
+
+/// `TUNSETOFFLOAD` with `TUN_F_CSUM` alone: the kernel stops computing the checksums of
+/// packets it hands us and of packets we write, and sends no GSO packets.
+#[allow(unsafe_code)]
+fn checksum_offload_only(dev: &tun_rs::SyncDevice) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `dev` owns an open TUN descriptor for the whole call; TUNSETOFFLOAD takes
+    // its argument by value and touches no memory of ours.
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(libc::TUN_F_CSUM),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ fn tun_config() -> TunConfig {
         mtu: 65535,
         ipv4: Some(("10.77.0.1".parse().unwrap(), 24)),
         ipv6: vec![("fd77::1".parse().unwrap(), 64)],
-        offload: false,
+        offload: TunOffload::None,
         multi_queue: false,
         tx_queue_len: None,
     }

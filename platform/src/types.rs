@@ -153,6 +153,25 @@ pub enum FileState {
     },
 }
 
+/// What a TUN leaves to its reader (`IFF_VNET_HDR`). With anything but `None` every
+/// packet read or written starts with a 10-byte `virtio_net_hdr` (tun-rs'
+/// `VirtioNetHdr`, `VIRTIO_NET_HDR_LEN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunOffload {
+    /// Plain IP packets; the kernel computes and verifies every checksum.
+    #[default]
+    None,
+    /// `TUN_F_CSUM` only: packets of this host's sockets arrive with their TCP/UDP
+    /// checksum partial (`VIRTIO_NET_HDR_F_NEEDS_CSUM`; the field holds the pseudo-header
+    /// sum), and packets written with `NEEDS_CSUM` are completed by the kernel only if
+    /// they leave the host (local sockets trust them). No GSO: every packet fits the MTU.
+    Checksum,
+    /// `TUN_F_CSUM|TSO4|TSO6` (and `USO4|USO6` where the kernel has them): reads may be
+    /// 64 KiB GSO super-packets; use tun-rs' `recv_multiple`/`send_multiple`.
+    Segmentation,
+}
+
 /// The TUN device to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunConfig {
@@ -164,9 +183,8 @@ pub struct TunConfig {
     pub ipv4: Option<(Ipv4Addr, u8)>,
     /// IPv6 addresses and prefix lengths.
     pub ipv6: Vec<(Ipv6Addr, u8)>,
-    /// Ask for IFF_VNET_HDR with TSO/USO offload (see docs/PLATFORM.md); packets then carry
-    /// a virtio-net header and the driver must use tun-rs' `recv_multiple`/`send_multiple`.
-    pub offload: bool,
+    /// What the kernel offloads to the reader (see [`TunOffload`]).
+    pub offload: TunOffload,
     /// Ask for IFF_MULTI_QUEUE so the device can be cloned per worker.
     pub multi_queue: bool,
     /// Packets the kernel queues for us to read (`txqueuelen`: the size of the TUN's

@@ -43,6 +43,10 @@ fn download_and_upload_are_intact_and_split_across_the_relays() {
     let Some(t) = tunnel("download_and_upload_are_intact_and_split_across_the_relays") else {
         return;
     };
+    assert!(
+        vnet_hdr(&t),
+        "the shipped config offloads checksums to the TUN"
+    );
     let n = size();
     let (a0, b0) = (t.relay_stats(Leg::Up), t.relay_stats(Leg::Down));
     let got = probe(&t.client, &["get", &http(), &format!("/bytes/{n}")]);
@@ -95,6 +99,51 @@ fn download_and_upload_are_intact_and_split_across_the_relays() {
         a2.s2c_bytes - a1.s2c_bytes < MIB,
         "exit sent bulk on the up leg"
     );
+}
+
+/// Whether the client's TUN carries virtio-net headers (checksum offload).
+fn vnet_hdr(t: &Topology) -> bool {
+    let link = t.client.ip(&["-d", "link", "show", "ht0"]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("tun type tun"), "{link}");
+    link.contains("vnet_hdr on")
+}
+
+/// The checksums of the client's TUN packets: with offload (the default, used by every
+/// other test) the kernel leaves them to the device; without it both sides compute and
+/// verify them. Both must carry a transfer intact each way, over IPv4 TCP.
+#[test]
+fn transfers_are_intact_with_and_without_tun_checksum_offload() {
+    if !namespaces_available("transfers_are_intact_with_and_without_tun_checksum_offload") {
+        return;
+    }
+    let n = (size() / 4).max(MIB);
+    for offload in [false, true] {
+        let mut t = Topology::new();
+        t.client_checksum_offload(offload);
+        t.start_tunnel();
+        assert_eq!(vnet_hdr(&t), offload);
+        let got = probe(&t.client, &["get", &http(), &format!("/bytes/{n}")]);
+        assert!(got.ok, "download (offload {offload}): {}", got.stderr);
+        assert_eq!(got.field("sha256"), Some(expected_sha256(n).as_str()));
+        let put = probe(&t.client, &["put", &http(), &n.to_string()]);
+        assert!(put.ok, "upload (offload {offload}): {}", put.stderr);
+        let (_, sent_sha) = sha256_of(Payload::new(SEED, n)).unwrap();
+        assert!(
+            put.stdout.ends_with(&format!("reply={n} {sent_sha}\n")),
+            "offload {offload}: the server received something else: {}",
+            put.stdout
+        );
+        let log = t.log("vpn-client.log");
+        assert!(
+            log.contains(&format!("checksum_offload={offload}")),
+            "the client says what it uses"
+        );
+        assert!(
+            !log.contains("checksum offload refused"),
+            "no fallback: {log}"
+        );
+    }
 }
 
 #[test]

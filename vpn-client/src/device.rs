@@ -1,34 +1,165 @@
 //! The packet device the driver reads and writes: the TUN in production, a pair of
 //! channels in tests (so the whole driver runs on loopback as a normal user).
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 
 use tokio::sync::mpsc;
 
-/// Whole IP packets in and out.
-pub trait PacketDevice: Send + Sync {
-    /// Wait for the next packet; returns its length.
-    fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
-    /// Another packet if one is ready now (`WouldBlock` otherwise): lets the driver batch.
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Write one packet.
-    fn send(&self, pkt: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+/// One packet read from the device: `len` bytes at the start of the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Length of the IP packet.
+    pub len: usize,
+    /// The device vouches for the TCP/UDP checksum (see
+    /// [`netstack::Stack::handle_vouched_packet`]).
+    pub vouched: bool,
 }
 
-impl PacketDevice for platform::tun_rs::AsyncDevice {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        platform::tun_rs::AsyncDevice::recv(self, buf).await
+impl Received {
+    /// A packet the stack must verify in full.
+    pub fn plain(len: usize) -> Self {
+        Received {
+            len,
+            vouched: false,
+        }
+    }
+}
+
+/// Whole IP packets in and out.
+pub trait PacketDevice: Send + Sync {
+    /// Wait for the next packet.
+    fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<Received>> + Send;
+    /// Another packet if one is ready now (`WouldBlock` otherwise): lets the driver batch.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<Received>;
+    /// Write one packet.
+    fn send(&self, pkt: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Whether the device completes TCP checksums: the stack then leaves them partial
+    /// ([`netstack::Config::tcp_checksum_offload`]).
+    fn completes_tcp_checksums(&self) -> bool;
+}
+
+/// The TUN, plain or with checksum offload ([`platform::TunOffload::Checksum`]): every
+/// packet then carries a `virtio_net_hdr` in front, which this type reads and writes so
+/// the driver only sees IP packets.
+pub struct Tun {
+    dev: platform::tun_rs::AsyncDevice,
+    offload: bool,
+}
+
+impl std::fmt::Debug for Tun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tun")
+            .field("offload", &self.offload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tun {
+    /// `offload`: the device was created with [`platform::TunOffload::Checksum`].
+    pub fn new(dev: platform::tun_rs::AsyncDevice, offload: bool) -> Self {
+        Tun { dev, offload }
     }
 
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        platform::tun_rs::AsyncDevice::try_recv(self, buf)
+    fn received(&self, hdr: &[u8; VNET_HDR_LEN], n: usize) -> io::Result<Received> {
+        if !self.offload {
+            return Ok(Received::plain(n));
+        }
+        let len = n.checked_sub(VNET_HDR_LEN).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TUN read shorter than its header",
+            )
+        })?;
+        read_vnet_header(hdr, len)
+    }
+}
+
+impl PacketDevice for Tun {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let n = if self.offload {
+            let mut bufs = [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)];
+            self.dev.recv_vectored(&mut bufs).await?
+        } else {
+            self.dev.recv(buf).await?
+        };
+        self.received(&hdr, n)
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let n = if self.offload {
+            let mut bufs = [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)];
+            self.dev.try_recv_vectored(&mut bufs)?
+        } else {
+            self.dev.try_recv(buf)?
+        };
+        self.received(&hdr, n)
     }
 
     async fn send(&self, pkt: &[u8]) -> io::Result<()> {
-        platform::tun_rs::AsyncDevice::send(self, pkt)
-            .await
-            .map(|_| ())
+        if self.offload {
+            let hdr = vnet_header_for(pkt);
+            let bufs = [IoSlice::new(&hdr), IoSlice::new(pkt)];
+            self.dev.send_vectored(&bufs).await.map(|_| ())
+        } else {
+            self.dev.send(pkt).await.map(|_| ())
+        }
     }
+
+    fn completes_tcp_checksums(&self) -> bool {
+        self.offload
+    }
+}
+
+/// Size of the kernel's `struct virtio_net_hdr` (no `num_buffers`: the TUN's default).
+const VNET_HDR_LEN: usize = 10;
+const F_NEEDS_CSUM: u8 = 1;
+const F_DATA_VALID: u8 = 2;
+const GSO_NONE: u8 = 0;
+/// Offset of the checksum in the TCP header.
+const TCP_CSUM_OFFSET: u16 = 16;
+
+/// Interprets the header of a packet of `len` bytes. Fields are in the host's byte order
+/// (the legacy virtio header on a little- or big-endian host alike).
+fn read_vnet_header(hdr: &[u8; VNET_HDR_LEN], len: usize) -> io::Result<Received> {
+    if hdr[1] != GSO_NONE {
+        // The device was set up without TSO/USO, so the kernel segments before us.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "TUN handed a GSO packet (type {}) without segmentation offload",
+                hdr[1]
+            ),
+        ));
+    }
+    Ok(Received {
+        len,
+        vouched: hdr[0] & (F_NEEDS_CSUM | F_DATA_VALID) != 0,
+    })
+}
+
+/// The header to write in front of `pkt`: TCP segments (whose checksum the stack left
+/// partial) ask the kernel to complete it if the packet leaves the host; local sockets
+/// accept it as it is. Anything else carries a complete checksum and an empty header.
+fn vnet_header_for(pkt: &[u8]) -> [u8; VNET_HDR_LEN] {
+    const TCP: u8 = 6;
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let l4 = match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= 20 && pkt[9] == TCP => usize::from(pkt[0] & 0x0f) * 4,
+        Some(6) if pkt.len() >= 40 && pkt[6] == TCP => 40,
+        _ => return hdr,
+    };
+    if pkt.len() < l4 + 20 {
+        return hdr;
+    }
+    // At most 60 + 18: fits.
+    let start = l4 as u16;
+    hdr[0] = F_NEEDS_CSUM;
+    hdr[2..4].copy_from_slice(&(start + TCP_CSUM_OFFSET + 2).to_ne_bytes()); // hdr_len
+    hdr[6..8].copy_from_slice(&start.to_ne_bytes()); // csum_start
+    hdr[8..10].copy_from_slice(&TCP_CSUM_OFFSET.to_ne_bytes()); // csum_offset
+    hdr
 }
 
 /// A device made of two channels: what the "apps" send arrives on `recv`; what the driver
@@ -55,22 +186,22 @@ impl ChannelDevice {
         (dev, in_tx, out_rx)
     }
 
-    fn copy(pkt: Vec<u8>, buf: &mut [u8]) -> io::Result<usize> {
+    fn copy(pkt: Vec<u8>, buf: &mut [u8]) -> io::Result<Received> {
         let n = pkt.len().min(buf.len());
         buf[..n].copy_from_slice(&pkt[..n]);
-        Ok(n)
+        Ok(Received::plain(n))
     }
 }
 
 impl PacketDevice for ChannelDevice {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         match self.rx.lock().await.recv().await {
             Some(pkt) => Self::copy(pkt, buf),
             None => std::future::pending().await,
         }
     }
 
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         let Ok(mut rx) = self.rx.try_lock() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
@@ -84,5 +215,72 @@ impl PacketDevice for ChannelDevice {
         self.tx
             .send(pkt.to_vec())
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    fn completes_tcp_checksums(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(v6: bool, proto: u8, ihl: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 100];
+        if v6 {
+            p[0] = 0x60;
+            p[6] = proto;
+        } else {
+            p[0] = 0x40 | ihl;
+            p[9] = proto;
+        }
+        p
+    }
+
+    fn fields(h: &[u8; VNET_HDR_LEN]) -> (u8, u8, u16, u16, u16, u16) {
+        let at = |i: usize| u16::from_ne_bytes([h[i], h[i + 1]]);
+        (h[0], h[1], at(2), at(4), at(6), at(8))
+    }
+
+    #[test]
+    fn tcp_segments_ask_the_kernel_to_complete_their_checksum() {
+        let v4 = vnet_header_for(&packet(false, 6, 5));
+        assert_eq!(fields(&v4), (F_NEEDS_CSUM, GSO_NONE, 38, 0, 20, 16));
+        let v4_options = vnet_header_for(&packet(false, 6, 6));
+        assert_eq!(fields(&v4_options), (F_NEEDS_CSUM, GSO_NONE, 42, 0, 24, 16));
+        let v6 = vnet_header_for(&packet(true, 6, 0));
+        assert_eq!(fields(&v6), (F_NEEDS_CSUM, GSO_NONE, 58, 0, 40, 16));
+    }
+
+    #[test]
+    fn other_packets_and_junk_get_an_empty_header() {
+        for pkt in [
+            packet(false, 17, 5),
+            packet(true, 17, 0),
+            packet(false, 1, 5),
+            packet(true, 58, 0),
+            packet(false, 6, 5)[..39].to_vec(), // shorter than a TCP header
+            vec![],
+            vec![0x45],
+        ] {
+            assert_eq!(vnet_header_for(&pkt), [0; VNET_HDR_LEN], "{pkt:?}");
+        }
+    }
+
+    #[test]
+    fn headers_read_from_the_kernel() {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let plain = read_vnet_header(&hdr, 60).unwrap();
+        assert_eq!(plain, Received::plain(60));
+        hdr[0] = F_NEEDS_CSUM;
+        assert!(read_vnet_header(&hdr, 60).unwrap().vouched);
+        hdr[0] = F_DATA_VALID;
+        assert!(read_vnet_header(&hdr, 60).unwrap().vouched);
+        hdr[1] = 1; // GSO_TCPV4: never asked for
+        assert_eq!(
+            read_vnet_header(&hdr, 60).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 }

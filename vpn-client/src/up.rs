@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use platform::{
     DnsConfig, DnsMethod, FirewallConfig, Host, LinuxSystem, Recovery, RouteAllConfig, TunConfig,
-    recover,
+    TunOffload, recover,
 };
 use tokio_tungstenite::tungstenite::http::Uri;
 
@@ -214,11 +214,12 @@ fn interface_prefixes(iface: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
     Ok(nets)
 }
 
-/// Apply the host changes in the documented order; returns the TUN.
+/// Apply the host changes in the documented order; returns the TUN and whether it has
+/// checksum offload.
 fn apply(
     host: &mut Host<LinuxSystem>,
     cfg: &Config,
-) -> anyhow::Result<platform::tun_rs::SyncDevice> {
+) -> anyhow::Result<(platform::tun_rs::SyncDevice, bool)> {
     let tun = &cfg.tun;
     let exclude = route_all_exclude(cfg)?;
     let lan: Vec<String> = cfg.router.lan_interface.iter().cloned().collect();
@@ -241,16 +242,29 @@ fn apply(
     host.firewall(&firewall)?;
     let ks = if firewall.kill_switch { "on" } else { "off" };
     tracing::info!(kill_switch = ks, "firewall table loaded");
-    let device = host.create_tun(&TunConfig {
+    let mut tun_config = TunConfig {
         name: tun.name.clone(),
         mtu: u16::try_from(tun.mtu).unwrap_or(u16::MAX),
         ipv4: Some((tun.address_v4.addr(), tun.address_v4.prefix_len())),
         ipv6: vec![(tun.address_v6.addr(), tun.address_v6.prefix_len())],
-        offload: false,
+        offload: if tun.checksum_offload {
+            TunOffload::Checksum
+        } else {
+            TunOffload::None
+        },
         multi_queue: false,
         tx_queue_len: Some(tun.tx_queue_len),
-    })?;
-    tracing::info!(name = %tun.name, mtu = tun.mtu, tx_queue_len = tun.tx_queue_len, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
+    };
+    let device = match host.create_tun(&tun_config) {
+        Err(platform::Error::Tun { source, .. }) if tun_config.offload != TunOffload::None => {
+            tracing::warn!("TUN with checksum offload refused ({source}); using plain packets");
+            tun_config.offload = TunOffload::None;
+            host.create_tun(&tun_config)?
+        }
+        r => r?,
+    };
+    let offload = tun_config.offload == TunOffload::Checksum;
+    tracing::info!(name = %tun.name, mtu = tun.mtu, tx_queue_len = tun.tx_queue_len, checksum_offload = offload, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
     let route_all = RouteAllConfig {
         fwmark: cfg.routing.fwmark,
         table: cfg.routing.table,
@@ -284,7 +298,7 @@ fn apply(
             "DNS applied: system resolver points into the tunnel"
         );
     }
-    Ok(device)
+    Ok((device, offload))
 }
 
 /// `vpn-client up`: until Ctrl-C / SIGTERM.
@@ -329,10 +343,11 @@ pub async fn up(path: &Path) -> anyhow::Result<()> {
 async fn serve(
     cfg: &Config,
     driver: DriverConfig,
-    device: platform::tun_rs::SyncDevice,
+    (device, offload): (platform::tun_rs::SyncDevice, bool),
     host: Arc<Mutex<Option<Host<LinuxSystem>>>>,
 ) -> anyhow::Result<()> {
     let dev = platform::tun_rs::AsyncDevice::new(device).context("TUN to async")?;
+    let dev = crate::device::Tun::new(dev, offload);
     let (status_tx, status_rx) = tokio::sync::mpsc::channel(16);
     let socket = &cfg.runtime.control_socket;
     session::status::serve(socket, status_tx)

@@ -79,7 +79,7 @@ fn fill_tcp_makes_valid_segments_in_both_families_and_skips_the_rest() {
         builder.write(&mut pkt, &payload).unwrap();
         let good = pkt.clone();
         pkt[l4 + 16] ^= 0x5a; // a wrong checksum, as left by a recycled buffer
-        fill_tcp(&mut pkt);
+        fill_tcp(&mut pkt, false);
         assert_eq!(pkt, good, "l4 at {l4}");
     }
     let mut udp = Vec::new();
@@ -88,11 +88,51 @@ fn fill_tcp_makes_valid_segments_in_both_families_and_skips_the_rest() {
         .write(&mut udp, &payload)
         .unwrap();
     let before = udp.clone();
-    fill_tcp(&mut udp);
+    fill_tcp(&mut udp, false);
+    fill_tcp(&mut udp, true);
     assert_eq!(udp, before);
     for junk in [&[][..], &[0x45][..], &[0x60, 0, 0][..]] {
         let mut j = junk.to_vec();
-        fill_tcp(&mut j);
+        fill_tcp(&mut j, false);
+        fill_tcp(&mut j, true);
         assert_eq!(j, junk);
+    }
+}
+
+/// What a device with checksum offload does with a `NEEDS_CSUM` packet: sums from
+/// `csum_start` to the end, the field included, and stores the complement.
+fn complete(pkt: &mut [u8], csum_start: usize) {
+    let sum = compute(0, &pkt[csum_start..]);
+    pkt[csum_start + 16..csum_start + 18].copy_from_slice(&sum.to_be_bytes());
+}
+
+#[test]
+fn a_partial_tcp_checksum_is_the_pseudo_header_sum_that_the_device_completes() {
+    use etherparse::PacketBuilder;
+    for len in [0usize, 1, 63, 1_460, 65_000] {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        let v4 = PacketBuilder::ipv4([10, 0, 0, 1], [93, 184, 216, 34], 64).tcp(1, 2, 3, 4);
+        let v6 = PacketBuilder::ipv6([1; 16], [2; 16], 64).tcp(1, 2, 3, 4);
+        for (builder, l4) in [(v4, 20), (v6, 40)] {
+            let mut pkt = Vec::new();
+            builder.write(&mut pkt, &payload).unwrap();
+            let good = pkt.clone();
+            pkt[l4 + 16] ^= 0xa5;
+            fill_tcp(&mut pkt, true);
+            assert_ne!(pkt, good, "partial, not complete: len {len}, l4 at {l4}");
+            // The field holds the pseudo-header's folded sum and nothing of the segment.
+            let field = u16::from_be_bytes([pkt[l4 + 16], pkt[l4 + 17]]);
+            let (src, dst) = if l4 == 20 {
+                (
+                    IpAddr::from([10, 0, 0, 1]),
+                    IpAddr::from([93, 184, 216, 34]),
+                )
+            } else {
+                (IpAddr::from([1u8; 16]), IpAddr::from([2u8; 16]))
+            };
+            assert_eq!(field, fold(pseudo_header(src, dst, 6, 20 + len)));
+            complete(&mut pkt, l4);
+            assert_eq!(pkt, good, "completed: len {len}, l4 at {l4}");
+        }
     }
 }

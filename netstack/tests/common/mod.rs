@@ -72,6 +72,26 @@ fn valid(acc: u32) -> bool {
     acc == 0xffff
 }
 
+/// Does what a TUN with checksum offload does with a TCP packet written with
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`, after checking that the stack left exactly the
+/// pseudo-header sum in the field: sums the segment, field included, and stores the
+/// complement.
+pub fn complete_partial_tcp(pkt: &mut [u8]) {
+    let ip = IpSlice::from_slice(pkt).expect("stack emitted unparseable IP");
+    assert_eq!(ip.payload().ip_number, IpNumber::TCP);
+    let (s, d) = (ip.source_addr(), ip.destination_addr());
+    let l4 = pkt.len() - ip.payload().payload.len();
+    let seg_len = pkt.len() - l4;
+    let field = u16::from_be_bytes([pkt[l4 + 16], pkt[l4 + 17]]);
+    assert_eq!(
+        u32::from(field),
+        pseudo(s, d, 6, seg_len),
+        "not the pseudo-header sum"
+    );
+    let sum = !(sum16(&pkt[l4..], 0) as u16);
+    pkt[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
+}
+
 // ---------- packets the stack emitted ----------
 
 /// A parsed packet from the stack, every checksum already verified.

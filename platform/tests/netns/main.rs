@@ -53,7 +53,7 @@ fn up(host: &mut Host<LinuxSystem>, t: &Temp) -> tun_rs::SyncDevice {
             mtu: 65535,
             ipv4: Some(("10.77.0.1".parse().unwrap(), 24)),
             ipv6: vec![("fd77::1".parse().unwrap(), 64)],
-            offload: false,
+            offload: TunOffload::None,
             multi_queue: false,
             tx_queue_len: None,
         })
@@ -416,7 +416,7 @@ fn tun_only() -> TunConfig {
         mtu: 1500,
         ipv4: Some(("10.77.0.1".parse().unwrap(), 24)),
         ipv6: Vec::new(),
-        offload: false,
+        offload: TunOffload::None,
         multi_queue: false,
         tx_queue_len: None,
     }
@@ -433,7 +433,7 @@ fn tun_with_offload_and_multi_queue_works_async() {
         let mut host = Host::begin(LinuxSystem::default(), &t.journal).unwrap();
         let config = TunConfig {
             mtu: 65535,
-            offload: true,
+            offload: TunOffload::Segmentation,
             multi_queue: true,
             tx_queue_len: Some(4096),
             ..tun_only()
@@ -455,6 +455,99 @@ fn tun_with_offload_and_multi_queue_works_async() {
         drop(tun);
         host.restore().unwrap();
         assert!(!cmd("ip", &["-o", "link"]).contains(TUN));
+    });
+}
+
+/// One's-complement sum of `data` folded to 16 bits (not complemented).
+fn ones_sum(data: &[u8], mut acc: u32) -> u16 {
+    for w in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+    }
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// A virtio-net header (host byte order) and an IPv4/UDP packet 10.77.0.2:7777 →
+/// 10.77.0.1:`port` whose UDP checksum field holds only the pseudo-header sum, as a
+/// device with checksum offload expects it.
+fn vnet_udp(flags: u8, port: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 77, 0, 2, 10, 77, 0, 1,
+    ];
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    let ip_check = !ones_sum(&ip, 0);
+    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&7777u16.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = ip[12..20].to_vec();
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp[6..8].copy_from_slice(&ones_sum(&pseudo, 0).to_be_bytes());
+    let mut hdr = vec![flags, 0];
+    for field in [28u16, 0, 20, 6] {
+        // hdr_len, gso_size, csum_start, csum_offset
+        hdr.extend_from_slice(&field.to_ne_bytes());
+    }
+    [hdr, ip, udp].concat()
+}
+
+#[test]
+fn tun_with_checksum_offload_hands_over_partial_checksums_both_ways() {
+    if !available("tun_with_checksum_offload_hands_over_partial_checksums_both_ways") {
+        return;
+    }
+    let ns = Netns::new("csum");
+    let t = temp();
+    ns.run(|| {
+        let mut host = Host::begin(LinuxSystem::default(), &t.journal).unwrap();
+        let config = TunConfig {
+            offload: TunOffload::Checksum,
+            ..tun_only()
+        };
+        let tun = host.create_tun(&config).unwrap();
+        tun.set_nonblocking(true).unwrap();
+        // Out: a local datagram reaches us with its checksum left partial.
+        let app = UdpSocket::bind("10.77.0.1:40125").unwrap();
+        app.send_to(b"outbound", "10.77.0.2:9").unwrap();
+        let mut buf = vec![0u8; 65_600];
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let read = loop {
+            match tun.recv(&mut buf) {
+                // header (10) + IPv4 (20) + UDP to port 9
+                Ok(n) if n >= 38 && buf[10 + 9] == 17 && buf[32..34] == [0, 9] => {
+                    break buf[..n].to_vec();
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no datagram on the TUN"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("TUN read: {e}"),
+            }
+        };
+        let field = |i: usize| u16::from_ne_bytes([read[i], read[i + 1]]);
+        assert_eq!(read[0] & 1, 1, "VIRTIO_NET_HDR_F_NEEDS_CSUM");
+        assert_eq!(read[1], 0, "no GSO without TSO/USO");
+        assert_eq!((field(6), field(8)), (20, 6), "csum_start, csum_offset");
+        assert_eq!(&read[38..], b"outbound");
+        // In: the kernel trusts a partial checksum only when the header says so.
+        let rx = UdpSocket::bind("10.77.0.1:40126").unwrap();
+        tun.send(&vnet_udp(0, 40126, b"no header flag")).unwrap();
+        tun.send(&vnet_udp(1, 40126, b"needs csum")).unwrap();
+        assert_eq!(recv(&rx), b"needs csum");
+        assert_nothing_more(&rx);
+        drop(tun);
+        host.restore().unwrap();
     });
 }
 

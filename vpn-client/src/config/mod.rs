@@ -108,6 +108,12 @@ pub struct TunConfig {
     /// kernel's default of 500 drops, and the apps' retransmissions, all on the same timer,
     /// overflow it again (see docs/BENCHMARKS.md).
     pub tx_queue_len: u32,
+    /// Let the kernel skip TCP/UDP checksums on the TUN (`IFF_VNET_HDR` with `TUN_F_CSUM`):
+    /// the packets of this host's apps cross no wire before the client, so the kernel no
+    /// longer sums every segment for the client to verify, nor the client the segments it
+    /// writes for the kernel to verify (forwarded ones are completed by the kernel). Falls
+    /// back to plain packets, with a warning, where the kernel refuses it.
+    pub checksum_offload: bool,
     /// IPv4 address of the tunnel.
     pub address_v4: Ipv4Net,
     /// IPv6 address of the tunnel.
@@ -120,6 +126,7 @@ impl Default for TunConfig {
             name: "ht0".into(),
             mtu: 65535,
             tx_queue_len: 4096,
+            checksum_offload: true,
             address_v4: "172.19.0.1/30".parse().expect("literal"),
             address_v6: "fd00:4854::1/126".parse().expect("literal"),
         }

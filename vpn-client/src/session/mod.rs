@@ -26,7 +26,7 @@ use proto::{ClientConfig, ClientHandshake, Connection, Leg, Scope};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::{Backoff, Failure};
-use crate::device::PacketDevice;
+use crate::device::{PacketDevice, Received};
 use crate::flows::{Bridge, BridgeConfig};
 use crate::leg::LegEndpoint;
 use legs::{CLOSE_UNKNOWN_SESSION, Ended, LegInput, LegSlot, Phase, Transport};
@@ -95,6 +95,8 @@ pub async fn run<D: PacketDevice>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (inputs_tx, mut inputs) = mpsc::channel(1024);
+    let mut config = config;
+    config.netstack.tcp_checksum_offload = dev.completes_tcp_checksums();
     let mut d = Driver::new(config, inputs_tx)?;
     let mut buf = vec![0u8; d.stack.config().mtu.max(1500) + 64];
     tokio::pin!(shutdown);
@@ -177,18 +179,30 @@ impl Driver {
         &mut self,
         dev: &D,
         buf: &mut [u8],
-        first: std::io::Result<usize>,
+        first: std::io::Result<Received>,
     ) {
         let now = Instant::now();
         match first {
-            Ok(n) => self.stack.handle_packet(now, &buf[..n]),
+            Ok(r) => self.on_packet(now, &buf[..r.len], r.vouched),
             Err(e) => tracing::warn!("TUN read failed: {e}"),
         }
         for _ in 1..BATCH {
             match dev.try_recv(buf) {
-                Ok(n) => self.stack.handle_packet(now, &buf[..n]),
-                Err(_) => break,
+                Ok(r) => self.on_packet(now, &buf[..r.len], r.vouched),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("TUN read failed: {e}");
+                    break;
+                }
             }
+        }
+    }
+
+    fn on_packet(&mut self, now: Instant, pkt: &[u8], vouched: bool) {
+        if vouched {
+            self.stack.handle_vouched_packet(now, pkt);
+        } else {
+            self.stack.handle_packet(now, pkt);
         }
     }
 

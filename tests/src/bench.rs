@@ -9,6 +9,9 @@
 //! tunnel, relay legs:   client[TUN→vpn-client] ─ lan ─ relay-a/relay-b (TLS, ht-relay) ─ exit[exit-node] ─ inet
 //! tunnel, direct legs:  client[TUN→vpn-client] ─ lan ─ relay-a/relay-b (kernel forwarding) ─ exit[exit-node, TLS] ─ inet
 //! ```
+//! With the `lan` group a host sits behind the client on a LAN of MTU 1500 (the
+//! `lanhost` of [`crate::extra`], 192.168.50.2): the direct path's client forwards its
+//! traffic, the tunnel's client runs in router mode and carries it.
 //! All use the addresses of [`crate::topology::addr`], so every load command is the same
 //! string on every path and each path crosses the same number of veths as the up leg.
 
@@ -17,6 +20,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::extra;
 use crate::netns::{Netns, link};
 use crate::topology::{Topology, addr, bin, wait_listening};
 
@@ -65,6 +69,8 @@ pub struct Direct {
     pub exit: Netns,
     /// The servers (`10.40.0.2`).
     pub inet: Netns,
+    /// A host on a LAN behind the client (192.168.50.2, MTU 1500), for the `lan` group.
+    pub lan_host: Netns,
     /// Server logs.
     pub dir: crate::topology::TempDir,
 }
@@ -78,6 +84,7 @@ impl Direct {
             relay: Netns::new("d-relay"),
             exit: Netns::new("d-exit"),
             inet: Netns::new("d-inet"),
+            lan_host: Netns::new("d-lanhost"),
             dir: crate::topology::TempDir::new("bench-direct"),
         };
         d.wire();
@@ -118,6 +125,22 @@ impl Direct {
         x.ip(&["route", "add", "10.10.0.0/16", "via", "10.30.1.1"]);
         x.ip(&["route", "add", "10.20.0.0/16", "via", "10.30.1.1"]);
         i.ip(&["route", "add", "default", "via", addr::EXIT_INET]);
+        // The LAN behind the client, routed back to it hop by hop.
+        let h = &self.lan_host;
+        link(
+            c,
+            extra::lan::IFACE,
+            &[&format!("{}/24", extra::lan::ROUTER)],
+            h,
+            "eth0",
+            &[&format!("{}/24", extra::lan::HOST)],
+        );
+        h.ip(&["route", "add", "default", "via", extra::lan::ROUTER]);
+        c.forward();
+        let net = extra::lan::NET;
+        lan.ip(&["route", "add", net, "via", "10.10.0.2"]);
+        r.ip(&["route", "add", net, "via", "10.20.1.1"]);
+        x.ip(&["route", "add", net, "via", "10.30.1.1"]);
     }
 }
 
@@ -172,6 +195,10 @@ pub struct TunnelSettings {
     pub mtu: u32,
     /// How the legs reach the exit.
     pub legs: Legs,
+    /// A host on a LAN behind the client (MTU 1500), the client in router mode (its
+    /// default kill switch on, as deployed) — for the `lan` group only, so that the other
+    /// figures stay comparable with runs without it.
+    pub lan_host: bool,
 }
 
 /// The exit's leg listeners in each mode: (up address, down address), port included.
@@ -200,6 +227,8 @@ pub struct Tunnel {
     pub exit_pid: u32,
     /// How the legs reach the exit.
     pub legs: Legs,
+    /// The host behind the client ([`TunnelSettings::lan_host`]).
+    pub lan_host: Option<Netns>,
 }
 
 impl Tunnel {
@@ -214,6 +243,7 @@ impl Tunnel {
             tune_ports(ns);
         }
         start_servers(&t.inet, &t.dir.path().join("bench-servers.log"));
+        let lan_host = settings.lan_host.then(|| extra::lan_host(&t, 1500, 1500));
         let exit_pid = start_exit(&t, settings.legs);
         let client_pid = start_client(&t, settings);
         t.wait_tunnel(Duration::from_secs(20));
@@ -222,6 +252,7 @@ impl Tunnel {
             client_pid,
             exit_pid,
             legs: settings.legs,
+            lan_host,
         }
     }
 
@@ -431,7 +462,17 @@ journal_dir = "{journal}"
 
 [log]
 stats_interval = "0s"
-"#,
+{router}"#,
+        router = if settings.lan_host {
+            // As `extra::router_mode`: the LAN's prefix stays out of the tunnel.
+            format!(
+                "\n[router]\nenabled = true\nlan_interface = \"{}\"\n\n[routing]\nexclude = [\"{}\"]\n",
+                extra::lan::IFACE,
+                extra::lan::NET
+            )
+        } else {
+            String::new()
+        },
         key = t.file("client.key"),
         ca = t.file("ca.pem"),
         mtu = settings.mtu,

@@ -57,7 +57,9 @@ struct RunArgs {
     /// Idle flows held for the memory figure (default 10000; 2000 with --quick).
     #[arg(long)]
     flows: Option<usize>,
-    /// Only these groups (comma separated): tcp, udp, rr, crr, rate, mem.
+    /// Only these groups (comma separated): tcp, udp, rr, crr, rate, mem, and `lan` (not
+    /// in the default set: TCP from a host on a LAN of MTU 1500 behind the client, which
+    /// then runs in router mode).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record `perf` profiles of vpn-client and exit-node during a 1-stream download and
@@ -211,7 +213,7 @@ impl Plan {
     }
 
     fn wants(&self, group: &str) -> bool {
-        self.groups.is_empty() || self.groups.iter().any(|g| g == group)
+        (self.groups.is_empty() && group != "lan") || self.groups.iter().any(|g| g == group)
     }
 }
 
@@ -235,6 +237,18 @@ impl Bench {
         match path {
             Path::Direct => &self.direct.client,
             Path::Tunnel(legs) => &self.tunnel(legs).t.client,
+        }
+    }
+
+    /// The host behind the path's client (the `lan` group).
+    fn lan_host(&self, path: Path) -> &Netns {
+        match path {
+            Path::Direct => &self.direct.lan_host,
+            Path::Tunnel(legs) => self
+                .tunnel(legs)
+                .lan_host
+                .as_ref()
+                .expect("tunnels have a LAN host when the lan group runs"),
         }
     }
 
@@ -325,7 +339,13 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
     let direct = Direct::new();
     let tunnels = modes
         .iter()
-        .map(|&legs| Tunnel::new(&TunnelSettings { mtu: a.mtu, legs }))
+        .map(|&legs| {
+            Tunnel::new(&TunnelSettings {
+                mtu: a.mtu,
+                legs,
+                lan_host: plan.wants("lan"),
+            })
+        })
         .collect();
     println!(
         "==> {} run(s), {} s per iperf3 test; the paths alternate",
@@ -366,8 +386,15 @@ fn one_run(b: &mut Bench, udp_rate: &str) {
         for (dir, reverse) in [("up", false), ("down", true)] {
             for streams in [1, 4] {
                 for &path in &paths {
-                    tcp_bulk(b, path, dir, reverse, streams);
+                    tcp_bulk(b, path, dir, reverse, streams, AppsOn::Client);
                 }
+            }
+        }
+    }
+    if b.plan.wants("lan") {
+        for (dir, reverse) in [("up", false), ("down", true)] {
+            for &path in &paths {
+                tcp_bulk(b, path, dir, reverse, 1, AppsOn::LanHost);
             }
         }
     }
@@ -400,6 +427,11 @@ fn which(program: &str) -> bool {
 
 /// Run iperf3 in the path's client namespace against inet; its JSON report.
 fn iperf(b: &Bench, path: Path, extra: &[&str]) -> Result<String, String> {
+    iperf_in(b, b.ns(path), extra)
+}
+
+/// Run iperf3 in `ns` against inet; its JSON report.
+fn iperf_in(b: &Bench, ns: &Netns, extra: &[&str]) -> Result<String, String> {
     let secs = b.plan.secs.to_string();
     let limit = (b.plan.secs + 30).to_string();
     let target = addr::INET;
@@ -422,7 +454,7 @@ fn iperf(b: &Bench, path: Path, extra: &[&str]) -> Result<String, String> {
         args.extend(["-O", "1"]);
     }
     args.extend(extra);
-    let out = b.ns(path).try_exec("timeout", &args);
+    let out = ns.try_exec("timeout", &args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if let Some(e) = bench::json_error(&text) {
         return Err(format!("iperf3: {e}"));
@@ -453,9 +485,29 @@ fn sample(b: &Bench, path: Path) -> Samples {
         .collect()
 }
 
-fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32) {
-    let key = format!("tcp_{dir}_{streams}");
-    let label = format!("TCP {dir}load, {streams} stream(s)");
+/// Where a bulk test's iperf3 client runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppsOn {
+    /// The path's client namespace (the apps of the VPN's own host).
+    Client,
+    /// The host on the LAN behind the path's client, which forwards its traffic (direct
+    /// path) or carries it in router mode (tunnel); the LAN's MTU is 1500.
+    LanHost,
+}
+
+fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32, apps: AppsOn) {
+    let (key, label, what) = match apps {
+        AppsOn::Client => (
+            format!("tcp_{dir}_{streams}"),
+            format!("TCP {dir}load, {streams} stream(s)"),
+            format!("{dir} {streams}"),
+        ),
+        AppsOn::LanHost => (
+            format!("lan_tcp_{dir}_{streams}"),
+            format!("TCP {dir}load from a LAN host (MTU 1500), {streams} stream(s)"),
+            format!("LAN {dir} {streams}"),
+        ),
+    };
     let p = streams.to_string();
     let mut extra = vec!["-P", p.as_str()];
     if reverse {
@@ -464,12 +516,15 @@ fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32) {
     let before = sample(b, path);
     let m0 = bench::machine_ticks();
     let t0 = Instant::now();
-    let result = iperf(b, path, &extra);
+    let result = match apps {
+        AppsOn::Client => iperf(b, path, &extra),
+        AppsOn::LanHost => iperf_in(b, b.lan_host(path), &extra),
+    };
     let wall = t0.elapsed().as_secs_f64();
     let after = sample(b, path);
     if let (Some((b0, t0)), Some((b1, t1))) = (m0, bench::machine_ticks()) {
         let busy = 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
-        let label = format!("  machine CPU busy, all cores ({dir} {streams})");
+        let label = format!("  machine CPU busy, all cores ({what})");
         b.record(
             path,
             &format!("cpu_{key}_machine"),
@@ -485,7 +540,6 @@ fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32) {
         Err(e) => b.fail(path, &key, &label, "Gbit/s", e),
     }
     if let Path::Tunnel(legs) = path {
-        let what = format!("{dir} {streams}");
         cpu_figures(b, legs, &key, &what, &before, &after, wall);
     }
 }

@@ -8,6 +8,7 @@ use etherparse::{
 };
 
 use crate::checksum;
+use crate::config::MAX_MTU;
 
 /// Why an inbound packet was dropped (each maps to one [`Stats`](crate::Stats) counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +60,22 @@ pub(crate) enum Inbound<'a> {
 pub(crate) enum Verify {
     /// Every checksum.
     All,
-    /// All but TCP's and UDP's, which the device vouches for.
+    /// All but TCP's and UDP's, which the device vouches for; a TCP segment may also
+    /// exceed the MTU (up to [`MAX_MTU`]): the device coalesced several (GSO).
     IpAndIcmp,
 }
 
 /// Parses and validates `pkt` (lengths, checksums, addresses, fragments).
 pub(crate) fn classify(pkt: &[u8], mtu: usize, verify: Verify) -> Result<Inbound<'_>, Drop> {
-    if pkt.len() > mtu {
+    if pkt.len() > MAX_MTU {
         return Err(Drop::Oversized);
     }
     let ip = IpSlice::from_slice(pkt).map_err(|_| Drop::Malformed)?;
+    // Only a TCP segment can be a GSO packet (no other segmentation is asked for).
+    let coalesced = verify == Verify::IpAndIcmp && ip.payload().ip_number == IpNumber::TCP;
+    if pkt.len() > mtu && !coalesced {
+        return Err(Drop::Oversized);
+    }
     check_ip_header(&ip)?;
     let (src, dst) = (ip.source_addr(), ip.destination_addr());
     if !is_unicast(src) || !is_unicast(dst) {

@@ -211,8 +211,11 @@ impl Stack {
     /// verified again: a TUN with checksum offload marks packets of this host's own
     /// sockets `VIRTIO_NET_HDR_F_NEEDS_CSUM` (the field then holds only the pseudo-header
     /// sum; nothing crossed a wire) and packets a NIC already verified
-    /// `VIRTIO_NET_HDR_F_DATA_VALID`. Everything else (lengths, addresses, the IPv4
-    /// header checksum, ICMP checksums) is checked as in [`Stack::handle_packet`].
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`. A TCP segment may exceed the MTU (up to 65535 bytes):
+    /// with TCP segmentation offload the kernel hands over a GSO packet, one TCP segment
+    /// carrying several of the sender's (a LAN's 1,500-byte segments coalesced by GRO or
+    /// TSO). Everything else (lengths, addresses, the IPv4 header checksum, ICMP checksums)
+    /// is checked as in [`Stack::handle_packet`].
     pub fn handle_vouched_packet(&mut self, now: Instant, pkt: &[u8]) {
         self.input(now, pkt, Verify::IpAndIcmp);
     }

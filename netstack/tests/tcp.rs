@@ -711,3 +711,46 @@ fn checksum_offload_ipv4() {
 fn checksum_offload_ipv6() {
     checksum_offload(true);
 }
+
+/// With TCP segmentation offload the kernel hands over one segment carrying several of a
+/// LAN sender's (GSO): a vouched packet may exceed the MTU, an unvouched one may not.
+#[test]
+fn a_vouched_segment_may_exceed_the_mtu() {
+    for v6 in [false, true] {
+        let now = base();
+        let mut stack = Stack::new(cfg(), now).unwrap();
+        assert_eq!(stack.config().mtu, 1500);
+        let (src, dst) = (app(v6, 40003), dst(v6, 8080));
+        let (id, sseq, aseq) = handshake(&mut stack, now, src, dst, 900);
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let p = tcp_pkt(src, dst, aseq, Some(sseq), NONE, 502, &[], &data);
+        stack.handle_packet(now, &p);
+        assert!(drain_events(&mut stack).is_empty());
+        assert_eq!(stack.stats().dropped_oversized, 1);
+        stack.handle_vouched_packet(now, &p);
+        assert_eq!(drain_events(&mut stack), vec![Event::TcpReadable { id }]);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stack.tcp_recv(id, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data, "v6 {v6}");
+        let ack = drain_out(&mut stack, now + std::time::Duration::from_millis(20))
+            .into_iter()
+            .map(tcp_of)
+            .filter_map(|t| t.ack)
+            .max();
+        assert_eq!(
+            ack,
+            Some(aseq + 20_000),
+            "the whole segment is acknowledged"
+        );
+        // Anything else beyond the MTU is dropped, vouched or not: only TCP is coalesced.
+        let big_udp = udp_pkt(app(v6, 40004), dst, &data[..4000]);
+        let big_echo = echo_pkt(src.ip(), dst.ip(), 7, 1, &data[..4000]);
+        stack.handle_vouched_packet(now, &big_udp);
+        stack.handle_vouched_packet(now, &big_echo);
+        assert!(drain_events(&mut stack).is_empty());
+        assert_eq!(stack.stats().dropped_oversized, 3);
+    }
+}

@@ -136,9 +136,14 @@ impl System for LinuxSystem {
             source,
         };
         let dev = b.enable(true).build_sync().map_err(tun_error)?;
-        if c.offload == TunOffload::Checksum {
-            // tun-rs asks for TSO (and USO) with IFF_VNET_HDR; keep only the checksum.
-            checksum_offload_only(&dev).map_err(tun_error)?;
+        // tun-rs asks for TSO and USO with IFF_VNET_HDR; keep what was asked for.
+        let flags = match c.offload {
+            TunOffload::Checksum => Some(libc::TUN_F_CSUM),
+            TunOffload::TcpSegments => Some(libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6),
+            TunOffload::None | TunOffload::Segmentation => None,
+        };
+        if let Some(flags) = flags {
+            set_offload(&dev, flags).map_err(tun_error)?;
         }
         Ok(dev)
     }
@@ -283,10 +288,9 @@ pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// `TUNSETOFFLOAD` with `TUN_F_CSUM` alone: the kernel stops computing the checksums of
-/// packets it hands us and of packets we write, and sends no GSO packets.
+/// `TUNSETOFFLOAD` with exactly `flags` (`TUN_F_*`).
 #[allow(unsafe_code)]
-fn checksum_offload_only(dev: &tun_rs::SyncDevice) -> io::Result<()> {
+fn set_offload(dev: &tun_rs::SyncDevice, flags: libc::c_uint) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: `dev` owns an open TUN descriptor for the whole call; TUNSETOFFLOAD takes
     // its argument by value and touches no memory of ours.
@@ -294,7 +298,7 @@ fn checksum_offload_only(dev: &tun_rs::SyncDevice) -> io::Result<()> {
         libc::ioctl(
             dev.as_raw_fd(),
             libc::TUNSETOFFLOAD,
-            libc::c_ulong::from(libc::TUN_F_CSUM),
+            libc::c_ulong::from(flags),
         )
     };
     if r < 0 {

@@ -167,6 +167,13 @@ pub enum TunOffload {
     /// sum), and packets written with `NEEDS_CSUM` are completed by the kernel only if
     /// they leave the host (local sockets trust them). No GSO: every packet fits the MTU.
     Checksum,
+    /// `TUN_F_CSUM|TSO4|TSO6`, no UDP segmentation: as [`TunOffload::Checksum`], and TCP
+    /// packets may arrive as GSO packets of up to 64 KiB (`gso_type` `TCPV4`/`TCPV6`,
+    /// `NEEDS_CSUM`), each one TCP segment with valid IP lengths covering several of the
+    /// sender's segments: traffic forwarded from a LAN of MTU 1500 then reaches the reader
+    /// in the kernel's GRO/TSO batches instead of one read per 1,500 bytes, whatever the
+    /// TUN's MTU. Written packets must not be GSO packets.
+    TcpSegments,
     /// `TUN_F_CSUM|TSO4|TSO6` (and `USO4|USO6` where the kernel has them): reads may be
     /// 64 KiB GSO super-packets; use tun-rs' `recv_multiple`/`send_multiple`.
     Segmentation,

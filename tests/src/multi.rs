@@ -102,7 +102,7 @@ impl ExtraClient {
             control: &self.file(&format!("{tag}-control.sock")),
             journal: &self.file(&format!("{tag}-journal")),
             exit_has_ipv6: false,
-            checksum_offload: true,
+            offload: true,
             extra: "",
         });
         let config_path = self.file(&format!("{tag}.toml"));

@@ -189,8 +189,8 @@ pub struct Topology {
     exit_egress_extra: String,
     /// The client config's `session.exit_has_ipv6` (false: the exit namespace has none).
     exit_has_ipv6: bool,
-    /// The client config's `tun.checksum_offload`.
-    client_checksum_offload: bool,
+    /// The client config's `tun.offload`.
+    client_offload: bool,
     /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
     netns_etc: PathBuf,
     /// More CIDRs for the exit's `egress.allow_cidrs` (see [`Topology::exit_allow`]).
@@ -217,7 +217,7 @@ impl Topology {
             exit_extra: String::new(),
             exit_egress_extra: String::new(),
             exit_has_ipv6: false,
-            client_checksum_offload: true,
+            client_offload: true,
             exit_allow: Vec::new(),
         };
         t.wire();
@@ -445,9 +445,9 @@ impl Topology {
         self.wait_tunnel(Duration::from_secs(20));
     }
 
-    /// The client config's `tun.checksum_offload` (default on, as shipped).
-    pub fn client_checksum_offload(&mut self, on: bool) {
-        self.client_checksum_offload = on;
+    /// The client config's `tun.offload` (default on, as shipped).
+    pub fn client_offload(&mut self, on: bool) {
+        self.client_offload = on;
     }
 
     /// Append `toml` to the client config written by the next [`Topology::start_client`]
@@ -605,7 +605,7 @@ stats_interval = "5s"
             control: &self.file("control.sock"),
             journal: &self.file("journal"),
             exit_has_ipv6: self.exit_has_ipv6,
-            checksum_offload: self.client_checksum_offload,
+            offload: self.client_offload,
             extra: &self.client_extra,
         });
         std::fs::write(self.path("client.toml"), config).expect("write client config");
@@ -806,8 +806,8 @@ pub struct ClientFiles<'a> {
     pub journal: &'a str,
     /// `session.exit_has_ipv6`.
     pub exit_has_ipv6: bool,
-    /// `tun.checksum_offload`.
-    pub checksum_offload: bool,
+    /// `tun.offload`.
+    pub offload: bool,
     /// TOML appended at the end.
     pub extra: &'a str,
 }
@@ -832,7 +832,7 @@ ca_file = "{ca}"
 
 [tun]
 name = "ht0"
-checksum_offload = {csum}
+offload = {offload}
 
 [dns]
 manage_system_dns = true
@@ -859,7 +859,7 @@ stats_interval = "5s"
         control = f.control,
         journal = f.journal,
         v6 = f.exit_has_ipv6,
-        csum = f.checksum_offload,
+        offload = f.offload,
         extra = f.extra,
         relay_a = addr::RELAY_A,
         relay_b = addr::RELAY_B,

@@ -114,6 +114,19 @@ fn the_lan_host_reaches_inet_only_through_the_tunnel() {
         "router mode default: {status}"
     );
     transfer_through_the_tunnel(&t, &host, 32 * MIB);
+    // The TUN's TCP segmentation offload: the lan host's segments reach the client in the
+    // kernel's GSO batches, not one read per 1,500 bytes.
+    let status = t.client_status();
+    let coalesced = status
+        .lines()
+        .find_map(|l| l.strip_prefix("tun:"))
+        .and_then(|l| l.split("; ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        status.contains("offload checksums and TCP segments") && coalesced.is_some_and(|n| n > 0),
+        "coalesced segments read: {status}"
+    );
     // UDP through the tunnel too.
     let udp = probe(
         &host,

@@ -13,6 +13,9 @@ pub struct Received {
     /// The device vouches for the TCP/UDP checksum (see
     /// [`netstack::Stack::handle_vouched_packet`]).
     pub vouched: bool,
+    /// A TCP segment the kernel coalesced from several (a GSO packet; it may exceed the
+    /// MTU).
+    pub coalesced: bool,
 }
 
 impl Received {
@@ -21,6 +24,7 @@ impl Received {
         Received {
             len,
             vouched: false,
+            coalesced: false,
         }
     }
 }
@@ -38,9 +42,10 @@ pub trait PacketDevice: Send + Sync {
     fn completes_tcp_checksums(&self) -> bool;
 }
 
-/// The TUN, plain or with checksum offload ([`platform::TunOffload::Checksum`]): every
-/// packet then carries a `virtio_net_hdr` in front, which this type reads and writes so
-/// the driver only sees IP packets.
+/// The TUN, plain or with offload ([`platform::TunOffload::Checksum`] or
+/// [`platform::TunOffload::TcpSegments`]): every packet then carries a `virtio_net_hdr`
+/// in front, which this type reads and writes so the driver only sees IP packets (a TCP
+/// GSO packet is one large TCP segment).
 pub struct Tun {
     dev: platform::tun_rs::AsyncDevice,
     offload: bool,
@@ -55,7 +60,8 @@ impl std::fmt::Debug for Tun {
 }
 
 impl Tun {
-    /// `offload`: the device was created with [`platform::TunOffload::Checksum`].
+    /// `offload`: the device was created with [`platform::TunOffload::Checksum`] or
+    /// [`platform::TunOffload::TcpSegments`].
     pub fn new(dev: platform::tun_rs::AsyncDevice, offload: bool) -> Self {
         Tun { dev, offload }
     }
@@ -117,26 +123,36 @@ const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
 const F_DATA_VALID: u8 = 2;
 const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+/// Flag bit of `gso_type`: the segments had ECN CE set.
+const GSO_ECN: u8 = 0x80;
 /// Offset of the checksum in the TCP header.
 const TCP_CSUM_OFFSET: u16 = 16;
 
 /// Interprets the header of a packet of `len` bytes. Fields are in the host's byte order
 /// (the legacy virtio header on a little- or big-endian host alike).
 fn read_vnet_header(hdr: &[u8; VNET_HDR_LEN], len: usize) -> io::Result<Received> {
-    if hdr[1] != GSO_NONE {
-        // The device was set up without TSO/USO, so the kernel segments before us.
-        return Err(io::Error::new(
+    let vouched = hdr[0] & (F_NEEDS_CSUM | F_DATA_VALID) != 0;
+    match hdr[1] & !GSO_ECN {
+        GSO_NONE => Ok(Received {
+            len,
+            vouched,
+            coalesced: false,
+        }),
+        // TCP segmentation offload: one segment with valid IP lengths carrying several of
+        // the sender's; its checksum is always partial.
+        GSO_TCPV4 | GSO_TCPV6 if hdr[0] & F_NEEDS_CSUM != 0 => Ok(Received {
+            len,
+            vouched: true,
+            coalesced: true,
+        }),
+        // UDP segmentation is never asked for.
+        other => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "TUN handed a GSO packet (type {}) without segmentation offload",
-                hdr[1]
-            ),
-        ));
+            format!("TUN handed a GSO packet of type {other} it was not set up for"),
+        )),
     }
-    Ok(Received {
-        len,
-        vouched: hdr[0] & (F_NEEDS_CSUM | F_DATA_VALID) != 0,
-    })
 }
 
 /// The header to write in front of `pkt`: TCP segments (whose checksum the stack left
@@ -277,10 +293,32 @@ mod tests {
         assert!(read_vnet_header(&hdr, 60).unwrap().vouched);
         hdr[0] = F_DATA_VALID;
         assert!(read_vnet_header(&hdr, 60).unwrap().vouched);
-        hdr[1] = 1; // GSO_TCPV4: never asked for
-        assert_eq!(
-            read_vnet_header(&hdr, 60).unwrap_err().kind(),
-            io::ErrorKind::InvalidData
+        // TCP GSO packets: one segment, always with a partial checksum.
+        hdr[0] = F_NEEDS_CSUM;
+        for gso in [GSO_TCPV4, GSO_TCPV6, GSO_TCPV4 | GSO_ECN] {
+            hdr[1] = gso;
+            assert_eq!(
+                read_vnet_header(&hdr, 9000).unwrap(),
+                Received {
+                    len: 9000,
+                    vouched: true,
+                    coalesced: true
+                }
+            );
+        }
+        hdr[0] = 0;
+        hdr[1] = GSO_TCPV4;
+        assert!(
+            read_vnet_header(&hdr, 60).is_err(),
+            "GSO without NEEDS_CSUM"
         );
+        hdr[0] = F_NEEDS_CSUM;
+        for udp_gso in [3, 5] {
+            hdr[1] = udp_gso; // never asked for
+            assert_eq!(
+                read_vnet_header(&hdr, 60).unwrap_err().kind(),
+                io::ErrorKind::InvalidData
+            );
+        }
     }
 }

@@ -247,8 +247,8 @@ fn apply(
         mtu: u16::try_from(tun.mtu).unwrap_or(u16::MAX),
         ipv4: Some((tun.address_v4.addr(), tun.address_v4.prefix_len())),
         ipv6: vec![(tun.address_v6.addr(), tun.address_v6.prefix_len())],
-        offload: if tun.checksum_offload {
-            TunOffload::Checksum
+        offload: if tun.offload {
+            TunOffload::TcpSegments
         } else {
             TunOffload::None
         },
@@ -257,14 +257,14 @@ fn apply(
     };
     let device = match host.create_tun(&tun_config) {
         Err(platform::Error::Tun { source, .. }) if tun_config.offload != TunOffload::None => {
-            tracing::warn!("TUN with checksum offload refused ({source}); using plain packets");
+            tracing::warn!("TUN offload refused ({source}); using plain packets");
             tun_config.offload = TunOffload::None;
             host.create_tun(&tun_config)?
         }
         r => r?,
     };
-    let offload = tun_config.offload == TunOffload::Checksum;
-    tracing::info!(name = %tun.name, mtu = tun.mtu, tx_queue_len = tun.tx_queue_len, checksum_offload = offload, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
+    let offload = tun_config.offload == TunOffload::TcpSegments;
+    tracing::info!(name = %tun.name, mtu = tun.mtu, tx_queue_len = tun.tx_queue_len, offload, v4 = %tun.address_v4, v6 = %tun.address_v6, "TUN created");
     let route_all = RouteAllConfig {
         fwmark: cfg.routing.fwmark,
         table: cfg.routing.table,

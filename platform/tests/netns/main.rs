@@ -503,12 +503,18 @@ fn tun_with_checksum_offload_hands_over_partial_checksums_both_ways() {
     if !available("tun_with_checksum_offload_hands_over_partial_checksums_both_ways") {
         return;
     }
+    for offload in [TunOffload::Checksum, TunOffload::TcpSegments] {
+        checksum_offload_both_ways(offload);
+    }
+}
+
+fn checksum_offload_both_ways(offload: TunOffload) {
     let ns = Netns::new("csum");
     let t = temp();
     ns.run(|| {
         let mut host = Host::begin(LinuxSystem::default(), &t.journal).unwrap();
         let config = TunConfig {
-            offload: TunOffload::Checksum,
+            offload,
             ..tun_only()
         };
         let tun = host.create_tun(&config).unwrap();
@@ -537,7 +543,7 @@ fn tun_with_checksum_offload_hands_over_partial_checksums_both_ways() {
         };
         let field = |i: usize| u16::from_ne_bytes([read[i], read[i + 1]]);
         assert_eq!(read[0] & 1, 1, "VIRTIO_NET_HDR_F_NEEDS_CSUM");
-        assert_eq!(read[1], 0, "no GSO without TSO/USO");
+        assert_eq!(read[1], 0, "no UDP GSO: USO is never asked for");
         assert_eq!((field(6), field(8)), (20, 6), "csum_start, csum_offset");
         assert_eq!(&read[38..], b"outbound");
         // In: the kernel trusts a partial checksum only when the header says so.

@@ -85,6 +85,8 @@ struct Driver {
     stall: StallMonitor,
     /// When to next check that the legs' source addresses still exist.
     next_address_check: Instant,
+    /// TCP segments the TUN handed over coalesced (GSO packets), since start.
+    tun_coalesced: u64,
 }
 
 /// Run until `shutdown` resolves; then close the session politely and return.
@@ -163,6 +165,7 @@ impl Driver {
             kill_switch: config.kill_switch,
             stall: StallMonitor::new(config.stall_timeout, now),
             next_address_check: now + ADDRESS_CHECK,
+            tun_coalesced: 0,
         })
     }
 
@@ -183,12 +186,12 @@ impl Driver {
     ) {
         let now = Instant::now();
         match first {
-            Ok(r) => self.on_packet(now, &buf[..r.len], r.vouched),
+            Ok(r) => self.on_packet(now, &buf[..r.len], r),
             Err(e) => tracing::warn!("TUN read failed: {e}"),
         }
         for _ in 1..BATCH {
             match dev.try_recv(buf) {
-                Ok(r) => self.on_packet(now, &buf[..r.len], r.vouched),
+                Ok(r) => self.on_packet(now, &buf[..r.len], r),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::warn!("TUN read failed: {e}");
@@ -198,8 +201,9 @@ impl Driver {
         }
     }
 
-    fn on_packet(&mut self, now: Instant, pkt: &[u8], vouched: bool) {
-        if vouched {
+    fn on_packet(&mut self, now: Instant, pkt: &[u8], r: Received) {
+        self.tun_coalesced += u64::from(r.coalesced);
+        if r.vouched {
             self.stack.handle_vouched_packet(now, pkt);
         } else {
             self.stack.handle_packet(now, pkt);

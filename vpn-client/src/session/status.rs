@@ -135,6 +135,18 @@ pub struct Status {
     pub dropped: DroppedStatus,
     /// Whether the kill switch is on.
     pub kill_switch: bool,
+    /// The TUN's offloads.
+    #[serde(default)]
+    pub tun: TunStatus,
+}
+
+/// What the TUN offloads.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct TunStatus {
+    /// Checksums and TCP segments ([`platform::TunOffload::TcpSegments`]).
+    pub offload: bool,
+    /// TCP segments read coalesced (GSO packets) since start.
+    pub coalesced_segments: u64,
 }
 
 /// Bytes per second each way.
@@ -205,6 +217,10 @@ impl Driver {
             },
             dropped: DroppedStatus::of(ns),
             kill_switch: self.kill_switch,
+            tun: TunStatus {
+                offload: self.stack.config().tcp_checksum_offload,
+                coalesced_segments: self.tun_coalesced,
+            },
         }
     }
 }
@@ -276,6 +292,16 @@ impl Status {
             s,
             "dropped:     {} broadcast/multicast, {} fragments, {} oversized, {} unsupported, {} malformed",
             d.non_unicast, d.fragment, d.oversized, d.unsupported, d.malformed
+        );
+        let offload = if self.tun.offload {
+            "checksums and TCP segments"
+        } else {
+            "none"
+        };
+        let _ = writeln!(
+            s,
+            "tun:         offload {offload}; {} coalesced TCP segments read",
+            self.tun.coalesced_segments
         );
         let ks = if self.kill_switch { "on" } else { "off" };
         let _ = writeln!(s, "kill switch: {ks}");

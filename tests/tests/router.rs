@@ -115,17 +115,24 @@ fn the_lan_host_reaches_inet_only_through_the_tunnel() {
     );
     transfer_through_the_tunnel(&t, &host, 32 * MIB);
     // The TUN's TCP segmentation offload: the lan host's segments reach the client in the
-    // kernel's GSO batches, not one read per 1,500 bytes.
+    // kernel's GSO batches, not one read per 1,500 bytes, and the download leaves the
+    // client coalesced the same way.
     let status = t.client_status();
-    let coalesced = status
+    let counts: Vec<u64> = status
         .lines()
         .find_map(|l| l.strip_prefix("tun:"))
         .and_then(|l| l.split("; ").nth(1))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok());
+        .map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        status.contains("offload checksums and TCP segments") && coalesced.is_some_and(|n| n > 0),
-        "coalesced segments read: {status}"
+        status.contains("offload checksums and TCP segments")
+            && counts.len() == 2
+            && counts.iter().all(|&n| n > 0),
+        "coalesced segments read and written: {status}"
     );
     // UDP through the tunnel too.
     let udp = probe(

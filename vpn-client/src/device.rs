@@ -5,6 +5,8 @@ use std::io::{self, IoSlice, IoSliceMut};
 
 use tokio::sync::mpsc;
 
+use crate::gso::{self, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET, VNET_HDR_LEN};
+
 /// One packet read from the device: `len` bytes at the start of the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
@@ -35,8 +37,9 @@ pub trait PacketDevice: Send + Sync {
     fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<Received>> + Send;
     /// Another packet if one is ready now (`WouldBlock` otherwise): lets the driver batch.
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<Received>;
-    /// Write one packet.
-    fn send(&self, pkt: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Write `pkts` in order (a failed write is logged and the rest still written);
+    /// returns how many went out coalesced into GSO packets.
+    fn send_all(&self, pkts: &[Vec<u8>]) -> impl Future<Output = u64> + Send;
     /// Whether the device completes TCP checksums: the stack then leaves them partial
     /// ([`netstack::Config::tcp_checksum_offload`]).
     fn completes_tcp_checksums(&self) -> bool;
@@ -103,14 +106,29 @@ impl PacketDevice for Tun {
         self.received(&hdr, n)
     }
 
-    async fn send(&self, pkt: &[u8]) -> io::Result<()> {
-        if self.offload {
-            let hdr = vnet_header_for(pkt);
-            let bufs = [IoSlice::new(&hdr), IoSlice::new(pkt)];
-            self.dev.send_vectored(&bufs).await.map(|_| ())
-        } else {
-            self.dev.send(pkt).await.map(|_| ())
+    async fn send_all(&self, pkts: &[Vec<u8>]) -> u64 {
+        let mut coalesced = 0;
+        if !self.offload {
+            for pkt in pkts {
+                log_write(self.dev.send(pkt).await);
+            }
+            return coalesced;
         }
+        for (start, len) in gso::runs(pkts) {
+            let written = if len == 1 {
+                let pkt = &pkts[start];
+                let hdr = vnet_header_for(pkt);
+                let bufs = [IoSlice::new(&hdr), IoSlice::new(pkt)];
+                self.dev.send_vectored(&bufs).await
+            } else {
+                let (hdr, pkt) = gso::coalesce(&pkts[start..start + len]);
+                coalesced += len as u64;
+                let bufs = [IoSlice::new(&hdr), IoSlice::new(&pkt)];
+                self.dev.send_vectored(&bufs).await
+            };
+            log_write(written);
+        }
+        coalesced
     }
 
     fn completes_tcp_checksums(&self) -> bool {
@@ -118,17 +136,17 @@ impl PacketDevice for Tun {
     }
 }
 
-/// Size of the kernel's `struct virtio_net_hdr` (no `num_buffers`: the TUN's default).
-const VNET_HDR_LEN: usize = 10;
-const F_NEEDS_CSUM: u8 = 1;
+fn log_write(r: io::Result<usize>) {
+    if let Err(e) = r {
+        tracing::warn!("TUN write failed: {e}");
+    }
+}
+
+// The kernel's `struct virtio_net_hdr` (no `num_buffers`: the TUN's default): see gso.rs.
 const F_DATA_VALID: u8 = 2;
 const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
 /// Flag bit of `gso_type`: the segments had ECN CE set.
 const GSO_ECN: u8 = 0x80;
-/// Offset of the checksum in the TCP header.
-const TCP_CSUM_OFFSET: u16 = 16;
 
 /// Interprets the header of a packet of `len` bytes. Fields are in the host's byte order
 /// (the legacy virtio header on a little- or big-endian host alike).
@@ -227,10 +245,13 @@ impl PacketDevice for ChannelDevice {
         }
     }
 
-    async fn send(&self, pkt: &[u8]) -> io::Result<()> {
-        self.tx
-            .send(pkt.to_vec())
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    async fn send_all(&self, pkts: &[Vec<u8>]) -> u64 {
+        for pkt in pkts {
+            if self.tx.send(pkt.clone()).is_err() {
+                tracing::warn!("TUN write failed: the test's receiver is gone");
+            }
+        }
+        0
     }
 
     fn completes_tcp_checksums(&self) -> bool {

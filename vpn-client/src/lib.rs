@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod device;
 pub mod flows;
+mod gso;
 pub mod keys;
 pub mod leg;
 pub mod session;

@@ -113,8 +113,9 @@ pub struct TunConfig {
     /// longer sums every segment for the client to verify, nor the client the segments it
     /// writes for the kernel to verify (forwarded ones are completed by the kernel). TCP
     /// segments: traffic forwarded from a LAN (router mode) reaches the client in the
-    /// kernel's GRO/TSO batches of up to 64 KiB instead of one read per 1,500 bytes. Falls
-    /// back to plain packets, with a warning, where the kernel refuses it.
+    /// kernel's GRO/TSO batches of up to 64 KiB instead of one read per 1,500 bytes, and the
+    /// client writes a flow's consecutive segments as one GSO packet for the kernel to cut.
+    /// Falls back to plain packets, with a warning, where the kernel refuses it.
     pub offload: bool,
     /// IPv4 address of the tunnel.
     pub address_v4: Ipv4Net,

@@ -87,6 +87,10 @@ struct Driver {
     next_address_check: Instant,
     /// TCP segments the TUN handed over coalesced (GSO packets), since start.
     tun_coalesced: u64,
+    /// TCP segments written to the TUN coalesced into GSO packets, since start.
+    tun_coalesced_out: u64,
+    /// Packets to write, kept between passes for its allocation.
+    tx_batch: Vec<Vec<u8>>,
 }
 
 /// Run until `shutdown` resolves; then close the session politely and return.
@@ -117,6 +121,13 @@ pub async fn run<D: PacketDevice>(
     d.close().await;
     Ok(())
 }
+
+/// Most packets written to the TUN in one batch (a run of 1,460-byte segments coalesces
+/// into at most 44 per GSO packet).
+const TX_BATCH: usize = 128;
+/// Most bytes held for one batch: large packets (64 KiB at the default MTU) cannot be
+/// coalesced anyway, and written at once they go back to netstack's buffer pool at once.
+const TX_BATCH_BYTES: usize = 256 * 1024;
 
 /// How often the legs' source addresses are checked.
 const ADDRESS_CHECK: Duration = Duration::from_secs(1);
@@ -166,6 +177,8 @@ impl Driver {
             stall: StallMonitor::new(config.stall_timeout, now),
             next_address_check: now + ADDRESS_CHECK,
             tun_coalesced: 0,
+            tun_coalesced_out: 0,
+            tx_batch: Vec::new(),
         })
     }
 
@@ -450,12 +463,27 @@ impl Driver {
         self.advance_legs(now);
         self.flush_transmits(now);
         self.watch_stalls(now);
-        while let Some(pkt) = self.stack.poll_transmit(now) {
-            if let Err(e) = dev.send(&pkt).await {
-                tracing::warn!("TUN write failed: {e}");
+        // Written in batches, so that a TUN with segmentation offload can coalesce a flow's
+        // consecutive segments (see gso.rs).
+        let mut batch = std::mem::take(&mut self.tx_batch);
+        let mut bytes = 0;
+        loop {
+            let pkt = self.stack.poll_transmit(now);
+            let done = pkt.is_none();
+            bytes += pkt.as_ref().map_or(0, Vec::len);
+            batch.extend(pkt);
+            if batch.len() >= TX_BATCH || bytes >= TX_BATCH_BYTES || (done && !batch.is_empty()) {
+                bytes = 0;
+                self.tun_coalesced_out += dev.send_all(&batch).await;
+                for pkt in batch.drain(..) {
+                    self.stack.recycle(pkt);
+                }
             }
-            self.stack.recycle(pkt);
+            if done {
+                break;
+            }
         }
+        self.tx_batch = batch;
     }
 
     fn on_session_event(&mut self, now: Instant, event: proto::Event) {

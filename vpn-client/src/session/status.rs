@@ -147,6 +147,9 @@ pub struct TunStatus {
     pub offload: bool,
     /// TCP segments read coalesced (GSO packets) since start.
     pub coalesced_segments: u64,
+    /// TCP segments written coalesced into GSO packets since start.
+    #[serde(default)]
+    pub coalesced_segments_written: u64,
 }
 
 /// Bytes per second each way.
@@ -220,6 +223,7 @@ impl Driver {
             tun: TunStatus {
                 offload: self.stack.config().tcp_checksum_offload,
                 coalesced_segments: self.tun_coalesced,
+                coalesced_segments_written: self.tun_coalesced_out,
             },
         }
     }
@@ -300,8 +304,8 @@ impl Status {
         };
         let _ = writeln!(
             s,
-            "tun:         offload {offload}; {} coalesced TCP segments read",
-            self.tun.coalesced_segments
+            "tun:         offload {offload}; {} coalesced TCP segments read, {} written",
+            self.tun.coalesced_segments, self.tun.coalesced_segments_written
         );
         let ks = if self.kill_switch { "on" } else { "off" };
         let _ = writeln!(s, "kill switch: {ks}");

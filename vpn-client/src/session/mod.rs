@@ -104,7 +104,9 @@ pub async fn run<D: PacketDevice>(
     let mut config = config;
     config.netstack.tcp_checksum_offload = dev.completes_tcp_checksums();
     let mut d = Driver::new(config, inputs_tx)?;
-    let mut buf = vec![0u8; d.stack.config().mtu.max(1500) + 64];
+    // Whatever the MTU: with TCP segmentation offload the TUN hands over GSO packets of up
+    // to 64 KiB (a shorter buffer would truncate them).
+    let mut buf = vec![0u8; netstack::MAX_MTU + 64];
     tokio::pin!(shutdown);
     loop {
         let wake = tokio::time::Instant::from_std(d.next_wakeup());

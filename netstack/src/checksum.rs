@@ -85,14 +85,26 @@ pub(crate) fn fill_tcp(pkt: &mut [u8], partial: bool) {
     if seg.len() < 20 {
         return;
     }
-    let pseudo = pseudo_header(src, dst, TCP, seg.len());
     let sum = if partial {
-        fold(pseudo)
+        partial_l4_checksum(src, dst, TCP, seg.len())
     } else {
         seg[16..18].fill(0);
-        compute(pseudo, seg)
+        compute(pseudo_header(src, dst, TCP, seg.len()), seg)
     };
     seg[16..18].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The value a device that completes checksums (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) expects in
+/// the checksum field of a TCP or UDP segment of `len` bytes: the folded pseudo-header sum,
+/// not complemented.
+pub fn partial_l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u16 {
+    fold(pseudo_header(src, dst, proto, len))
+}
+
+/// The RFC 1071 checksum of `data` whose checksum field is zero (e.g. an IPv4 header):
+/// the value to store in that field.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    compute(0, data)
 }
 
 /// Whether `segment` (checksum field included) sums to the all-ones value.

@@ -63,6 +63,7 @@ mod stats;
 mod tcp;
 mod udp;
 
+pub use checksum::{internet_checksum, partial_l4_checksum};
 pub use config::{Config, DnsInterception, MAX_MTU, MIN_MTU};
 pub use error::Error;
 pub use event::{

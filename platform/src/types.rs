@@ -172,7 +172,8 @@ pub enum TunOffload {
     /// `NEEDS_CSUM`), each one TCP segment with valid IP lengths covering several of the
     /// sender's segments: traffic forwarded from a LAN of MTU 1500 then reaches the reader
     /// in the kernel's GRO/TSO batches instead of one read per 1,500 bytes, whatever the
-    /// TUN's MTU. Written packets must not be GSO packets.
+    /// TUN's MTU. Written packets may be TCP GSO packets too; the kernel cuts them where
+    /// they leave the host.
     TcpSegments,
     /// `TUN_F_CSUM|TSO4|TSO6` (and `USO4|USO6` where the kernel has them): reads may be
     /// 64 KiB GSO super-packets; use tun-rs' `recv_multiple`/`send_multiple`.

@@ -464,12 +464,7 @@ journal_dir = "{journal}"
 stats_interval = "0s"
 {router}"#,
         router = if settings.lan_host {
-            // As `extra::router_mode`: the LAN's prefix stays out of the tunnel.
-            format!(
-                "\n[router]\nenabled = true\nlan_interface = \"{}\"\n\n[routing]\nexclude = [\"{}\"]\n",
-                extra::lan::IFACE,
-                extra::lan::NET
-            )
+            extra::router_toml()
         } else {
             String::new()
         },

@@ -64,15 +64,21 @@ pub fn lan_host(t: &Topology, host_mtu: u32, router_mtu: u32) -> Netns {
 /// (so that the client's replies to its LAN go to the LAN, as the routing docs require).
 /// The kill switch is left at its default (on in router mode) unless `kill_switch` says.
 pub fn router_mode(t: &mut Topology, kill_switch: Option<bool>) {
-    t.client_config_extra(&format!(
+    t.client_config_extra(&router_toml());
+    if let Some(on) = kill_switch {
+        t.client_config_extra(&format!("\n[kill_switch]\nenabled = {on}\n"));
+    }
+}
+
+/// The client config tables of [`router_mode`]: `[router]` on `lan0` and the LAN's
+/// prefixes in `routing.exclude`.
+pub fn router_toml() -> String {
+    format!(
         "\n[router]\nenabled = true\nlan_interface = \"{}\"\n\n[routing]\nexclude = [\"{}\", \"{}\"]\n",
         lan::IFACE,
         lan::NET,
         lan::NET6
-    ));
-    if let Some(on) = kill_switch {
-        t.client_config_extra(&format!("\n[kill_switch]\nenabled = {on}\n"));
-    }
+    )
 }
 
 /// Client config for router mode on `lan0` with nothing else: `vpn-client up` must keep

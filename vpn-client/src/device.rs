@@ -5,7 +5,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 
 use tokio::sync::mpsc;
 
-use crate::gso::{self, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET, VNET_HDR_LEN};
+use crate::gso::{self, F_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
 
 /// One packet read from the device: `len` bytes at the start of the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,6 @@ fn log_write(r: io::Result<usize>) {
 
 // The kernel's `struct virtio_net_hdr` (no `num_buffers`: the TUN's default): see gso.rs.
 const F_DATA_VALID: u8 = 2;
-const GSO_NONE: u8 = 0;
 /// Flag bit of `gso_type`: the segments had ECN CE set.
 const GSO_ECN: u8 = 0x80;
 
@@ -178,22 +177,16 @@ fn read_vnet_header(hdr: &[u8; VNET_HDR_LEN], len: usize) -> io::Result<Received
 /// accept it as it is. Anything else carries a complete checksum and an empty header.
 fn vnet_header_for(pkt: &[u8]) -> [u8; VNET_HDR_LEN] {
     const TCP: u8 = 6;
-    let mut hdr = [0u8; VNET_HDR_LEN];
     let l4 = match pkt.first().map(|b| b >> 4) {
         Some(4) if pkt.len() >= 20 && pkt[9] == TCP => usize::from(pkt[0] & 0x0f) * 4,
         Some(6) if pkt.len() >= 40 && pkt[6] == TCP => 40,
-        _ => return hdr,
+        _ => return [0; VNET_HDR_LEN],
     };
     if pkt.len() < l4 + 20 {
-        return hdr;
+        return [0; VNET_HDR_LEN];
     }
-    // At most 60 + 18: fits.
-    let start = l4 as u16;
-    hdr[0] = F_NEEDS_CSUM;
-    hdr[2..4].copy_from_slice(&(start + TCP_CSUM_OFFSET + 2).to_ne_bytes()); // hdr_len
-    hdr[6..8].copy_from_slice(&start.to_ne_bytes()); // csum_start
-    hdr[8..10].copy_from_slice(&TCP_CSUM_OFFSET.to_ne_bytes()); // csum_offset
-    hdr
+    // The headers up to the checksum field, as the kernel requires at least.
+    gso::needs_csum_header(l4, l4 + 18, GSO_NONE, 0)
 }
 
 /// A device made of two channels: what the "apps" send arrives on `recv`; what the driver

@@ -12,6 +12,8 @@
 //!
 //! Pure functions over byte slices; the TUN writer in [`crate::device`] calls them.
 
+use std::net::IpAddr;
+
 /// Largest IP packet (IPv4 total length, IPv6 payload length are 16-bit).
 const MAX_PACKET: usize = 65535;
 const TCP: u8 = 6;
@@ -21,6 +23,7 @@ const NO_MERGE: u8 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40 | 0x80;
 /// `virtio_net_hdr` fields (host byte order) and flag values.
 pub(crate) const VNET_HDR_LEN: usize = 10;
 pub(crate) const F_NEEDS_CSUM: u8 = 1;
+pub(crate) const GSO_NONE: u8 = 0;
 pub(crate) const GSO_TCPV4: u8 = 1;
 pub(crate) const GSO_TCPV6: u8 = 4;
 /// Offset of the checksum in the TCP header.
@@ -138,45 +141,48 @@ pub(crate) fn coalesce(run: &[Vec<u8>]) -> ([u8; VNET_HDR_LEN], Vec<u8>) {
     let (src, dst) = if f.v6 {
         // Payload length excludes the fixed header.
         out[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-        (8..24, 24..40)
+        (ip(&out[8..24]), ip(&out[24..40]))
     } else {
         out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         out[10..12].fill(0);
-        let sum = !fold(sum(&out[..20], 0));
+        let sum = netstack::internet_checksum(&out[..20]);
         out[10..12].copy_from_slice(&sum.to_be_bytes());
-        (12..16, 16..20)
+        (ip(&out[12..16]), ip(&out[16..20]))
     };
-    let tcp_len = total - f.l4;
-    let pseudo = sum(&out[src], sum(&out[dst], u64::from(TCP) + tcp_len as u64));
-    out[f.l4 + 16..f.l4 + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    hdr[0] = F_NEEDS_CSUM;
-    hdr[1] = if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-    let field = |v: usize| u16::try_from(v).unwrap_or(u16::MAX).to_ne_bytes();
-    hdr[2..4].copy_from_slice(&field(f.headers)); // hdr_len
-    hdr[4..6].copy_from_slice(&field(f.payload)); // gso_size
-    hdr[6..8].copy_from_slice(&field(f.l4)); // csum_start
-    hdr[8..10].copy_from_slice(&TCP_CSUM_OFFSET.to_ne_bytes()); // csum_offset
+    let partial = netstack::partial_l4_checksum(src, dst, TCP, total - f.l4);
+    out[f.l4 + 16..f.l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    let gso_type = if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+    let hdr = needs_csum_header(f.l4, f.headers, gso_type, f.payload);
     (hdr, out)
 }
 
-/// One's-complement sum of big-endian 16-bit words (odd tail padded), not folded.
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+/// The address in `b` (4 or 16 bytes, as sliced by the caller).
+fn ip(b: &[u8]) -> IpAddr {
+    match <[u8; 4]>::try_from(b) {
+        Ok(v4) => IpAddr::from(v4),
+        Err(_) => IpAddr::from(<[u8; 16]>::try_from(b).unwrap_or_default()),
     }
-    if let [b] = words.remainder() {
-        acc += u64::from(*b) << 8;
-    }
-    acc
 }
 
-fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+/// A virtio-net header asking the kernel to complete the TCP checksum of the segment whose
+/// header starts at `l4` (`csum_start`; `csum_offset` 16), with `hdr_len` bytes of headers;
+/// for a GSO packet (`gso_type` not [`GSO_NONE`]) also to cut the payload into
+/// `gso_size`-byte segments.
+pub(crate) fn needs_csum_header(
+    l4: usize,
+    hdr_len: usize,
+    gso_type: u8,
+    gso_size: usize,
+) -> [u8; VNET_HDR_LEN] {
+    let field = |v: usize| u16::try_from(v).unwrap_or(u16::MAX).to_ne_bytes();
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    hdr[0] = F_NEEDS_CSUM;
+    hdr[1] = gso_type;
+    hdr[2..4].copy_from_slice(&field(hdr_len));
+    hdr[4..6].copy_from_slice(&field(gso_size));
+    hdr[6..8].copy_from_slice(&field(l4));
+    hdr[8..10].copy_from_slice(&TCP_CSUM_OFFSET.to_ne_bytes());
+    hdr
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ fn interface_prefixes(iface: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
 }
 
 /// Apply the host changes in the documented order; returns the TUN and whether it has
-/// checksum offload.
+/// its offloads (checksums and TCP segments, [`TunOffload::TcpSegments`]).
 fn apply(
     host: &mut Host<LinuxSystem>,
     cfg: &Config,

@@ -20,6 +20,22 @@ fn segment(v6: bool, seq: u32, payload: &[u8], psh: bool, fin: bool) -> Vec<u8> 
     out
 }
 
+/// Reference one's-complement sum (big-endian words, odd tail padded), not folded:
+/// independent of netstack's, which the code under test uses.
+fn sum(data: &[u8], mut acc: u64) -> u64 {
+    for w in data.chunks(2) {
+        acc += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+    }
+    acc
+}
+
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
 fn data(len: usize, seed: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + seed) as u8).collect()
 }

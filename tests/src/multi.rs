@@ -103,6 +103,7 @@ impl ExtraClient {
             journal: &self.file(&format!("{tag}-journal")),
             exit_has_ipv6: false,
             offload: true,
+            tun_mtu: None,
             extra: "",
         });
         let config_path = self.file(&format!("{tag}.toml"));

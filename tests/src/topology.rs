@@ -191,6 +191,8 @@ pub struct Topology {
     exit_has_ipv6: bool,
     /// The client config's `tun.offload`.
     client_offload: bool,
+    /// The client config's `tun.mtu` (`None`: the default).
+    client_tun_mtu: Option<u32>,
     /// `/etc/netns/<client>/`: `ip netns exec` binds its `resolv.conf` over the client's.
     netns_etc: PathBuf,
     /// More CIDRs for the exit's `egress.allow_cidrs` (see [`Topology::exit_allow`]).
@@ -218,6 +220,7 @@ impl Topology {
             exit_egress_extra: String::new(),
             exit_has_ipv6: false,
             client_offload: true,
+            client_tun_mtu: None,
             exit_allow: Vec::new(),
         };
         t.wire();
@@ -450,6 +453,11 @@ impl Topology {
         self.client_offload = on;
     }
 
+    /// The client config's `tun.mtu` (default: the client's own default).
+    pub fn client_tun_mtu(&mut self, mtu: u32) {
+        self.client_tun_mtu = Some(mtu);
+    }
+
     /// Append `toml` to the client config written by the next [`Topology::start_client`]
     /// (e.g. `"[kill_switch]\nenabled = true\n"`).
     pub fn client_config_extra(&mut self, toml: &str) {
@@ -606,6 +614,7 @@ stats_interval = "5s"
             journal: &self.file("journal"),
             exit_has_ipv6: self.exit_has_ipv6,
             offload: self.client_offload,
+            tun_mtu: self.client_tun_mtu,
             extra: &self.client_extra,
         });
         std::fs::write(self.path("client.toml"), config).expect("write client config");
@@ -808,6 +817,8 @@ pub struct ClientFiles<'a> {
     pub exit_has_ipv6: bool,
     /// `tun.offload`.
     pub offload: bool,
+    /// `tun.mtu`, if not the default.
+    pub tun_mtu: Option<u32>,
     /// TOML appended at the end.
     pub extra: &'a str,
 }
@@ -833,7 +844,7 @@ ca_file = "{ca}"
 [tun]
 name = "ht0"
 offload = {offload}
-
+{mtu}
 [dns]
 manage_system_dns = true
 resolv_conf = "{resolv}"
@@ -860,6 +871,7 @@ stats_interval = "5s"
         journal = f.journal,
         v6 = f.exit_has_ipv6,
         offload = f.offload,
+        mtu = f.tun_mtu.map_or(String::new(), |m| format!("mtu = {m}\n")),
         extra = f.extra,
         relay_a = addr::RELAY_A,
         relay_b = addr::RELAY_B,

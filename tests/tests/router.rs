@@ -142,6 +142,33 @@ fn the_lan_host_reaches_inet_only_through_the_tunnel() {
     assert_eq!(udp.stdout.trim(), "lan-udp", "{}", udp.stderr);
 }
 
+/// With TCP segmentation offload the kernel hands the client GSO packets of up to 64 KiB
+/// whatever the TUN's MTU: a client whose TUN has the LAN's MTU of 1500 must read them
+/// whole (a read buffer of one MTU truncated them and the upload stalled).
+#[test]
+fn coalesced_segments_cross_a_tun_of_mtu_1500() {
+    if !namespaces_available("coalesced_segments_cross_a_tun_of_mtu_1500") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.client_tun_mtu(1500);
+    let host = extra::lan_host(&t, 1500, 1500);
+    extra::router_mode(&mut t, None);
+    t.start_tunnel();
+    wait_lan_tunnel(&t, &host);
+    let link = t.client.ip(&["link", "show", "ht0"]);
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("mtu 1500"),
+        "the configured MTU"
+    );
+    transfer_through_the_tunnel(&t, &host, 16 * MIB);
+    let status = t.client_status();
+    assert!(
+        !status.contains("; 0 coalesced TCP segments read"),
+        "segments beyond the MTU were read: {status}"
+    );
+}
+
 /// Router mode with only `[router]` configured (no `routing.exclude`): `up` keeps the
 /// LAN's own prefixes out of the tunnel by itself, so the replies reach the lan host
 /// (before, they were routed back into the TUN and the LAN got nothing).

@@ -729,7 +729,15 @@ pub fn hold(target: SocketAddr, flows: usize, threads: usize) {
                 for _ in 0..n {
                     match connect(target) {
                         Ok(s) => held.push(s),
-                        Err(_) => failed += 1,
+                        Err(e) => {
+                            if failed == 0 {
+                                eprintln!(
+                                    "hold: thread {i}: connection {} failed: {e}",
+                                    held.len()
+                                );
+                            }
+                            failed += 1
+                        }
                     }
                 }
                 (held, failed)

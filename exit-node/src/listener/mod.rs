@@ -33,6 +33,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::admin::ReasonLabel;
 
+/// Most bytes one WebSocket read asks for. tungstenite zero-fills that much of its read
+/// buffer before every read, whatever the read returns; TLS hands over at most a record
+/// (16 KiB of plaintext) per read anyway, so a larger chunk only costs memset (the
+/// default, 128 KiB, was ~6 % of a process's CPU in bulk transfers).
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Where the listener counts connections it ended for a limit (the admin's `limits_hit`).
 pub type LimitsHit = prometheus_client::metrics::family::Family<
     ReasonLabel,
@@ -205,6 +211,7 @@ impl Conn {
                 Err(e) => return tracing::debug!(%peer, error = %e, "upgrade failed"),
             };
             let config = WebSocketConfig::default()
+                .read_buffer_size(READ_CHUNK)
                 .max_message_size(Some(max))
                 .max_frame_size(Some(max));
             let ws = WebSocketStream::from_raw_socket(

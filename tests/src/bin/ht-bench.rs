@@ -909,7 +909,8 @@ fn profile_tunnel(b: &Bench, tunnel: &Tunnel, dir: &std::path::Path) -> anyhow::
         ] {
             let data = dir.join(format!("{name}-{what}{suffix}.data"));
             let child = std::process::Command::new("perf")
-                .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+                .args(["record", "-F", "499", "--call-graph", "dwarf"])
+                .args(["-p", &pid.to_string(), "-o"])
                 .arg(&data)
                 .args(["--", "sleep", &b.plan.secs.to_string()])
                 .stdout(std::process::Stdio::null())

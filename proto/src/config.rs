@@ -56,7 +56,7 @@ impl Default for Settings {
             // cannot take the whole session credit from the others (see PROTOCOL.md §6.2).
             max_stream_window: 8 * 1024 * 1024,
             session_window: 64 * 1024 * 1024,
-            max_record: 128 * 1024,
+            max_record: MIN_MAX_RECORD,
             max_streams: 65_536,
             rekey_shift: 24,
             ciphers: vec![Cipher::Aes256Gcm, Cipher::ChaCha20Poly1305],

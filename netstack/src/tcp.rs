@@ -324,6 +324,33 @@ impl Stack {
         Ok(n)
     }
 
+    /// [`Stack::tcp_recv`] without the copy: `take` sees up to `max` bytes the app sent
+    /// (the first contiguous part of what waits; call again for the rest) and returns how
+    /// many it consumed. Unconsumed bytes stay in the flow's buffer, in order.
+    pub fn tcp_recv_with(
+        &mut self,
+        id: TcpFlowId,
+        max: usize,
+        take: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<usize, Error> {
+        let now = self.now;
+        let (flow, socket) = self.app_socket(id)?;
+        let n = socket
+            .recv(|waiting| {
+                let offered = &waiting[..waiting.len().min(max)];
+                let n = take(offered).min(offered.len());
+                (n, n)
+            })
+            .unwrap_or(0);
+        if socket.recv_queue() == 0 {
+            flow.readable_notified = false;
+        }
+        if n > 0 {
+            flow.last_activity = now;
+        }
+        Ok(n)
+    }
+
     /// Bytes from the app waiting for `tcp_recv`.
     pub fn tcp_recv_queue(&mut self, id: TcpFlowId) -> Result<usize, Error> {
         let (_, socket) = self.app_socket(id)?;

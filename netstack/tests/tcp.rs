@@ -754,3 +754,53 @@ fn a_vouched_segment_may_exceed_the_mtu() {
         assert_eq!(stack.stats().dropped_oversized, 3);
     }
 }
+
+/// `tcp_recv_with` hands out what the app sent in order, at most `max` at a time, and keeps
+/// what the taker leaves (nothing, or part of it) for the next call — across the receive
+/// buffer's wrap-around.
+#[test]
+fn recv_with_keeps_what_the_taker_leaves() {
+    let len: u64 = 1 << 20;
+    let mut pair = Pair::new(cfg());
+    let (h, id) = pair.open(dst(false, 443), 41002, 64 * 1024);
+    let (mut sent, mut got, mut calls) = (0u64, 0u64, 0u64);
+    let done = pair.run_until(2_000_000, |p| {
+        let s = p.app.sock(h);
+        while sent < len && s.can_send() {
+            sent += s
+                .send(|b| {
+                    let n = b.len().min((len - sent) as usize);
+                    for (i, x) in b[..n].iter_mut().enumerate() {
+                        *x = pattern(3, sent + i as u64);
+                    }
+                    (n, n)
+                })
+                .unwrap() as u64;
+        }
+        loop {
+            calls += 1;
+            // A few bytes, ~1,000 or up to everything offered; now and then nothing.
+            let want = [0, 1000, 40_000][(calls % 3) as usize] + (calls % 7) as usize;
+            let mut offered = 0;
+            let n = p
+                .stack
+                .tcp_recv_with(id, 30_000, |data| {
+                    offered = data.len();
+                    assert!(data.len() <= 30_000, "more than max offered");
+                    let take = want.min(data.len());
+                    for (i, x) in data[..take].iter().enumerate() {
+                        assert_eq!(*x, pattern(3, got + i as u64), "byte {}", got + i as u64);
+                    }
+                    take
+                })
+                .unwrap();
+            assert!(n <= offered);
+            got += n as u64;
+            if n == 0 && want != 0 {
+                break;
+            }
+        }
+        got == len
+    });
+    assert!(done, "{got} of {len} bytes arrived");
+}

@@ -85,13 +85,12 @@ struct TcpFlow {
     stream: StreamId,
     /// The exit accepted and the app's handshake was completed.
     accepted: bool,
-    /// App bytes read from netstack that the stream had no credit for yet.
-    up_pending: Bytes,
     /// The app sent FIN (every byte before it was read from netstack).
     app_fin: bool,
     /// `stream_finish` was called.
     fin_sent: bool,
-    /// The netstack flow is gone (graceful close) but `up_pending`/FIN still go out.
+    /// The netstack flow is gone (graceful close: every app byte was read) but FIN still
+    /// goes out.
     net_closed: bool,
     /// Exit bytes read from the stream that the app's send buffer had no room for yet.
     down_pending: Bytes,
@@ -106,7 +105,6 @@ impl TcpFlow {
         TcpFlow {
             stream,
             accepted: false,
-            up_pending: Bytes::new(),
             app_fin: false,
             fin_sent: false,
             net_closed: false,
@@ -168,7 +166,6 @@ pub struct Bridge {
     udp_by_stream: HashMap<StreamId, UdpFlowId>,
     dns: Pending<DnsQueryId>,
     echo: Pending<EchoRequest>,
-    buf: Vec<u8>,
     stats: BridgeStats,
 }
 
@@ -203,7 +200,6 @@ impl Bridge {
             udp_by_stream: HashMap::new(),
             dns: Pending::new(),
             echo: Pending::new(),
-            buf: vec![0; CHUNK],
             stats: BridgeStats::default(),
         }
     }
@@ -403,41 +399,33 @@ impl Bridge {
             return;
         }
         let sid = flow.stream;
-        loop {
-            if !flow.up_pending.is_empty() {
-                match conn.stream_write(sid, &flow.up_pending) {
-                    Ok(n) => {
-                        self.stats.bytes_up += n as u64;
-                        flow.up_pending.advance(n);
+        // A flow netstack closed gracefully has nothing left to read.
+        if !flow.net_closed {
+            loop {
+                // Straight from netstack's buffer into the record; what the stream's credit
+                // does not take stays there (stream_write marks the stream blocked, and
+                // StreamWritable wakes us).
+                let mut failed = false;
+                let taken = stack.tcp_recv_with(id, CHUNK, |data| {
+                    if data.is_empty() {
+                        return 0;
                     }
-                    Err(_) => return self.abort_tcp(stack, conn, id),
+                    conn.stream_write(sid, data).unwrap_or_else(|_| {
+                        failed = true;
+                        0
+                    })
+                });
+                if failed {
+                    return self.abort_tcp(stack, conn, id);
                 }
-                if !flow.up_pending.is_empty() {
-                    return; // StreamWritable wakes us.
+                match taken {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.stats.bytes_up += n as u64,
                 }
-            }
-            if flow.net_closed {
-                break;
-            }
-            let room = conn.stream_writable(sid).unwrap_or(0).clamp(1, CHUNK);
-            let n = match stack.tcp_recv(id, &mut self.buf[..room]) {
-                Ok(n) => n,
-                Err(_) => break,
-            };
-            if n == 0 {
-                break;
-            }
-            match conn.stream_write(sid, &self.buf[..n]) {
-                Ok(taken) => {
-                    self.stats.bytes_up += taken as u64;
-                    if taken < n {
-                        flow.up_pending = Bytes::copy_from_slice(&self.buf[taken..n]);
-                    }
-                }
-                Err(_) => return self.abort_tcp(stack, conn, id),
             }
         }
-        if flow.app_fin && flow.up_pending.is_empty() {
+        // netstack reports the app's FIN only once every byte before it was read.
+        if flow.app_fin {
             flow.fin_sent = true;
             let _ = conn.stream_finish(sid);
             if flow.net_closed {

@@ -8,12 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use hyper::header::HeaderName;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::config::{FileConfig, LegListener};
+use crate::listener::proxies::TrustedProxies;
 use crate::listener::{self, Leg, LegSocket, ListenerLimits, Routes, tls};
 
 /// The node could not start.
@@ -29,6 +31,10 @@ pub enum StartError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// `listen.client_address_header` is not an HTTP header name (the config check
+    /// catches this first for configs read from a file).
+    #[error("listen.client_address_header: {0:?} is not an HTTP header name")]
+    ClientAddressHeader(String),
 }
 
 /// Bound listeners, running.
@@ -74,6 +80,12 @@ pub async fn listen(
         });
         entry.paths.push((cfg.path.clone(), leg));
     }
+    let header = HeaderName::from_bytes(file.listen.client_address_header.as_bytes())
+        .map_err(|_| StartError::ClientAddressHeader(file.listen.client_address_header.clone()))?;
+    let proxies = Arc::new(TrustedProxies::new(
+        file.listen.trusted_proxies.clone(),
+        header,
+    ));
     let mut tasks = JoinSet::new();
     let (mut up, mut down) = (None, None);
     for (addr, SharedSocket { paths, cfg }) in by_addr {
@@ -100,6 +112,7 @@ pub async fn listen(
             socket,
             acceptor,
             routes,
+            proxies.clone(),
             limits,
             sink.clone(),
             limits_hit.clone(),

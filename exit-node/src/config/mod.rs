@@ -84,6 +84,21 @@ pub struct ListenConfig {
     pub up: LegListener,
     /// Exit → client.
     pub down: LegListener,
+    /// Addresses (CIDRs) of the CDN or reverse proxy in front of the listeners. A leg from
+    /// one of them is attributed to the client address it passes in
+    /// `client_address_header` (for the per-source handshake limit and the logs); the
+    /// header is ignored from anyone else. Empty: every leg is its TCP peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// The request header a trusted proxy passes the client's address in: a
+    /// comma-separated list whose rightmost entry not itself a trusted proxy is used
+    /// (`X-Forwarded-For`; a single address such as `CF-Connecting-IP` works too).
+    #[serde(default = "default_client_address_header")]
+    pub client_address_header: String,
+}
+
+fn default_client_address_header() -> String {
+    "X-Forwarded-For".into()
 }
 
 /// One WebSocket listener.
@@ -374,6 +389,15 @@ impl Config {
 }
 
 fn validate_listeners(listen: &ListenConfig) -> Result<(), (&'static str, String)> {
+    if hyper::header::HeaderName::from_bytes(listen.client_address_header.as_bytes()).is_err() {
+        return Err((
+            "listen.client_address_header",
+            format!(
+                "expected an HTTP header name like \"X-Forwarded-For\", got {:?}",
+                listen.client_address_header
+            ),
+        ));
+    }
     for (key, leg) in [
         ("listen.up.path", &listen.up),
         ("listen.down.path", &listen.down),

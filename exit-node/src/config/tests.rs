@@ -124,6 +124,13 @@ fn bad_values_name_the_key() {
         ),
         (MINIMAL.replace("exit.key", "nope.key"), "private_key_file"),
         (
+            MINIMAL.replace(
+                "[listen.up]",
+                "[listen]\nclient_address_header = \"X Forwarded\"\n[listen.up]",
+            ),
+            "listen.client_address_header",
+        ),
+        (
             MINIMAL.to_owned()
                 + "[[clients]]\npublic_key = \"AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\"\n",
             "clients[1].public_key",
@@ -142,4 +149,29 @@ fn bad_values_name_the_key() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("idle_ttl"), "{err}");
+    let err = parse(
+        &dir,
+        &MINIMAL.replace(
+            "[listen.up]",
+            "[listen]\ntrusted_proxies = [\"10.0.0.1\"]\n[listen.up]",
+        ),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("trusted_proxies"), "{err}");
+}
+
+#[test]
+fn trusted_proxies_are_cidrs_and_the_header_defaults_to_x_forwarded_for() {
+    let dir = keydir("proxies");
+    let config = parse(&dir, MINIMAL).unwrap();
+    assert!(config.file.listen.trusted_proxies.is_empty());
+    assert_eq!(config.file.listen.client_address_header, "X-Forwarded-For");
+    let text = MINIMAL.replace(
+        "[listen.up]",
+        "[listen]\ntrusted_proxies = [\"173.245.48.0/20\", \"2400:cb00::/32\"]\n\
+         client_address_header = \"CF-Connecting-IP\"\n[listen.up]",
+    );
+    let config = parse(&dir, &text).unwrap();
+    assert_eq!(config.file.listen.trusted_proxies.len(), 2);
+    assert_eq!(config.file.listen.client_address_header, "CF-Connecting-IP");
 }

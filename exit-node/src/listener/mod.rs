@@ -10,11 +10,12 @@
 //! Accepted legs are handed to the session layer as [`LegSocket`]s over a bounded channel;
 //! when the session layer is saturated the connection is dropped rather than queued.
 
+pub mod proxies;
 #[cfg(test)]
 mod tests;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct LegSocket {
     pub leg: Leg,
     /// The TCP peer (a CDN or proxy address when one is in front).
     pub peer: SocketAddr,
+    /// The client's address: the peer's, or the one a trusted proxy passed
+    /// ([`proxies::TrustedProxies`]).
+    pub client: IpAddr,
     /// Whether TLS was terminated here.
     pub tls: bool,
     /// The WebSocket.
@@ -111,6 +115,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     routes: Arc<Routes>,
+    proxies: Arc<proxies::TrustedProxies>,
     limits: ListenerLimits,
     sink: mpsc::Sender<LegSocket>,
     limits_hit: LimitsHit,
@@ -129,6 +134,7 @@ pub async fn serve(
         let conn = Conn {
             peer,
             routes: routes.clone(),
+            proxies: proxies.clone(),
             limits,
             sink: sink.clone(),
             limits_hit: limits_hit.clone(),
@@ -140,6 +146,7 @@ pub async fn serve(
 struct Conn {
     peer: SocketAddr,
     routes: Arc<Routes>,
+    proxies: Arc<proxies::TrustedProxies>,
     limits: ListenerLimits,
     sink: mpsc::Sender<LegSocket>,
     limits_hit: LimitsHit,
@@ -205,6 +212,7 @@ impl Conn {
             return not_found();
         };
         let (peer, sink, max) = (self.peer, self.sink.clone(), self.limits.max_message_size);
+        let client = self.proxies.client(peer, req.headers());
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
@@ -220,7 +228,14 @@ impl Conn {
                 Some(config),
             )
             .await;
-            if sink.try_send(LegSocket { leg, peer, tls, ws }).is_err() {
+            let sock = LegSocket {
+                leg,
+                peer,
+                client,
+                tls,
+                ws,
+            };
+            if sink.try_send(sock).is_err() {
                 tracing::warn!(%peer, leg = leg.as_str(), "session layer saturated; dropping leg");
             }
         });

@@ -1,3 +1,4 @@
+use super::proxies::TrustedProxies;
 use super::*;
 use std::time::Instant;
 
@@ -24,6 +25,10 @@ impl Drop for Server {
 }
 
 async fn start(tls: Option<TlsAcceptor>) -> Server {
+    start_with(tls, TrustedProxies::default()).await
+}
+
+async fn start_with(tls: Option<TlsAcceptor>, proxies: TrustedProxies) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = Arc::new(Routes {
@@ -31,7 +36,16 @@ async fn start(tls: Option<TlsAcceptor>) -> Server {
     });
     let (tx, legs) = mpsc::channel(8);
     let limits_hit = LimitsHit::default();
-    let task = tokio::spawn(serve(listener, tls, routes, LIMITS, tx, limits_hit.clone()));
+    let proxies = Arc::new(proxies);
+    let task = tokio::spawn(serve(
+        listener,
+        tls,
+        routes,
+        proxies,
+        LIMITS,
+        tx,
+        limits_hit.clone(),
+    ));
     Server {
         addr,
         legs,
@@ -85,6 +99,39 @@ async fn garbage_bytes_get_no_protocol_answer() {
         resp.is_empty() || resp.starts_with("HTTP/1.1 400"),
         "{resp}"
     );
+}
+
+/// Upgrade to `/u` with `X-Forwarded-For: 198.51.100.7`; the client address the leg got.
+async fn forwarded_client(server: &mut Server) -> std::net::IpAddr {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut req = format!("ws://{}/u", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
+    let (_client, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let accepted = server.legs.recv().await.unwrap();
+    assert_eq!(accepted.peer.ip(), server.addr.ip());
+    accepted.client
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_passes_the_client_address_and_others_cannot() {
+    let mut untrusting = start(None).await;
+    assert_eq!(
+        forwarded_client(&mut untrusting).await,
+        untrusting.addr.ip()
+    );
+    let header = hyper::header::HeaderName::from_static("x-forwarded-for");
+    let mut trusting = start_with(
+        None,
+        TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap()], header),
+    )
+    .await;
+    let client = forwarded_client(&mut trusting).await;
+    assert_eq!(client, "198.51.100.7".parse::<std::net::IpAddr>().unwrap());
 }
 
 #[tokio::test]

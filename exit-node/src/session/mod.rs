@@ -291,7 +291,7 @@ async fn first_binary(ws: &mut LegStream) -> Result<Bytes, NoFirst> {
 }
 
 async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
-    if !lock(&hub.rate).allow(sock.peer.ip(), Instant::now()) {
+    if !lock(&hub.rate).allow(sock.client, Instant::now()) {
         hub.metrics
             .limits_hit
             .get_or_create(&ReasonLabel {
@@ -302,7 +302,7 @@ async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
             sock.peer,
             sock.leg,
             "rate_limited",
-            &"too many handshakes from this address",
+            &format_args!("too many handshakes from {}", sock.client),
         );
     }
     if hub.session_count() >= hub.limits.max_sessions {
@@ -384,7 +384,7 @@ fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up:
     };
     lock(&hub.sessions).insert(id, entry);
     hub.metrics.sessions.set(hub.session_count() as i64);
-    tracing::info!(session = %id, client = %client.name, peer = %up.peer, tls = up.tls, "session started");
+    tracing::info!(session = %id, client = %client.name, address = %up.client, peer = %up.peer, tls = up.tls, "session started");
     tokio::spawn(async move {
         let fds = hub.descriptors.session();
         let driver = driver::Driver::new(hub.clone(), client, conn, tx, status, fds);

@@ -53,6 +53,11 @@ async fn setup(egress: &str) -> Setup {
 
 /// `setup` with extra `[limits]` lines.
 async fn setup_with(egress: &str, limits: &str) -> Setup {
+    setup_full(egress, limits, "", 1000).await
+}
+
+/// `setup_with`, extra `[listen]` lines and a handshake rate per source.
+async fn setup_full(egress: &str, limits: &str, listen: &str, handshake_rate: u32) -> Setup {
     let dir = std::env::temp_dir().join(format!(
         "ht-exit-session-{}-{}",
         std::process::id(),
@@ -69,6 +74,8 @@ async fn setup_with(egress: &str, limits: &str) -> Setup {
     let text = format!(
         r#"
 private_key_file = "exit.key"
+[listen]
+{listen}
 [listen.up]
 address = "127.0.0.1:0"
 path = "/u"
@@ -88,7 +95,7 @@ udp_idle_timeout = "2s"
 [dns]
 upstreams = ["{}"]
 [limits]
-handshakes_per_second_per_source = 1000
+handshakes_per_second_per_source = {handshake_rate}
 {limits}
 [log]
 stats_interval = "0s"
@@ -880,4 +887,48 @@ async fn destination_sockets_over_the_session_share_are_refused_and_given_back_o
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A handshake on a fresh up leg whose upgrade request says `X-Forwarded-For: forwarded`;
+/// whether the exit answered it.
+async fn handshake_forwarded_for(s: &Setup, forwarded: &str) -> bool {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let tcp = TcpStream::connect(s.node.listening.up).await.unwrap();
+    let io: Box<dyn Io> = Box::new(tcp);
+    let mut req = "ws://a.test/u".into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    let mut up = tokio_tungstenite::client_async(req, io).await.unwrap().0;
+    let (_hs, init) = ClientHandshake::start(&client_config(s), timestamp()).unwrap();
+    up.send(Message::Binary(init)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), next_binary(&mut up))
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+#[tokio::test]
+async fn the_handshake_limit_counts_each_client_a_trusted_proxy_names() {
+    let listen = r#"trusted_proxies = ["127.0.0.0/8"]"#;
+    let s = setup_full("", "", listen, 1).await;
+    assert!(handshake_forwarded_for(&s, "198.51.100.1").await);
+    assert!(
+        handshake_forwarded_for(&s, "198.51.100.2").await,
+        "another client behind the same proxy has its own budget"
+    );
+    assert!(
+        !handshake_forwarded_for(&s, "198.51.100.1").await,
+        "the first client again within the second is over its budget"
+    );
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_the_header_is_ignored() {
+    let s = setup_full("", "", "", 1).await;
+    assert!(handshake_forwarded_for(&s, "198.51.100.1").await);
+    assert!(
+        !handshake_forwarded_for(&s, "198.51.100.2").await,
+        "the peer address counts, whatever the header says"
+    );
 }

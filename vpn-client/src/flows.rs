@@ -336,8 +336,7 @@ impl Bridge {
             return;
         }
         if reason == CloseReason::Graceful {
-            // Every app byte was read from netstack; what is held here still goes out,
-            // followed by FIN.
+            // Every app byte was read from netstack; the stream's FIN still goes out.
             flow.net_closed = true;
             flow.app_fin = true;
             self.pump_up(stack, conn, id);

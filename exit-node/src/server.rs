@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use hyper::header::HeaderName;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -31,10 +30,6 @@ pub enum StartError {
     /// TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// `listen.client_address_header` is not an HTTP header name (the config check
-    /// catches this first for configs read from a file).
-    #[error("listen.client_address_header: {0:?} is not an HTTP header name")]
-    ClientAddressHeader(String),
 }
 
 /// Bound listeners, running.
@@ -80,11 +75,9 @@ pub async fn listen(
         });
         entry.paths.push((cfg.path.clone(), leg));
     }
-    let header = HeaderName::from_bytes(file.listen.client_address_header.as_bytes())
-        .map_err(|_| StartError::ClientAddressHeader(file.listen.client_address_header.clone()))?;
     let proxies = Arc::new(TrustedProxies::new(
         file.listen.trusted_proxies.clone(),
-        header,
+        file.listen.client_address_header.0.clone(),
     ));
     let mut tasks = JoinSet::new();
     let (mut up, mut down) = (None, None);

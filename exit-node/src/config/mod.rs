@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hyper::header::HeaderName;
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -94,11 +95,28 @@ pub struct ListenConfig {
     /// comma-separated list whose rightmost entry not itself a trusted proxy is used
     /// (`X-Forwarded-For`; a single address such as `CF-Connecting-IP` works too).
     #[serde(default = "default_client_address_header")]
-    pub client_address_header: String,
+    pub client_address_header: HeaderField,
 }
 
-fn default_client_address_header() -> String {
-    "X-Forwarded-For".into()
+fn default_client_address_header() -> HeaderField {
+    HeaderField(HeaderName::from_static("x-forwarded-for"))
+}
+
+/// An HTTP header name, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HeaderField(pub HeaderName);
+
+impl TryFrom<String> for HeaderField {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        HeaderName::from_bytes(name.as_bytes())
+            .map(HeaderField)
+            .map_err(|_| {
+                format!("expected an HTTP header name like \"X-Forwarded-For\", got {name:?}")
+            })
+    }
 }
 
 /// One WebSocket listener.
@@ -389,15 +407,6 @@ impl Config {
 }
 
 fn validate_listeners(listen: &ListenConfig) -> Result<(), (&'static str, String)> {
-    if hyper::header::HeaderName::from_bytes(listen.client_address_header.as_bytes()).is_err() {
-        return Err((
-            "listen.client_address_header",
-            format!(
-                "expected an HTTP header name like \"X-Forwarded-For\", got {:?}",
-                listen.client_address_header
-            ),
-        ));
-    }
     for (key, leg) in [
         ("listen.up.path", &listen.up),
         ("listen.down.path", &listen.down),

@@ -124,13 +124,6 @@ fn bad_values_name_the_key() {
         ),
         (MINIMAL.replace("exit.key", "nope.key"), "private_key_file"),
         (
-            MINIMAL.replace(
-                "[listen.up]",
-                "[listen]\nclient_address_header = \"X Forwarded\"\n[listen.up]",
-            ),
-            "listen.client_address_header",
-        ),
-        (
             MINIMAL.to_owned()
                 + "[[clients]]\npublic_key = \"AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\"\n",
             "clients[1].public_key",
@@ -158,6 +151,19 @@ fn bad_values_name_the_key() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("trusted_proxies"), "{err}");
+    let err = parse(
+        &dir,
+        &MINIMAL.replace(
+            "[listen.up]",
+            "[listen]\nclient_address_header = \"X Forwarded\"\n[listen.up]",
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("client_address_header") && err.contains("expected an HTTP header name"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -165,7 +171,10 @@ fn trusted_proxies_are_cidrs_and_the_header_defaults_to_x_forwarded_for() {
     let dir = keydir("proxies");
     let config = parse(&dir, MINIMAL).unwrap();
     assert!(config.file.listen.trusted_proxies.is_empty());
-    assert_eq!(config.file.listen.client_address_header, "X-Forwarded-For");
+    assert_eq!(
+        config.file.listen.client_address_header.0,
+        "x-forwarded-for"
+    );
     let text = MINIMAL.replace(
         "[listen.up]",
         "[listen]\ntrusted_proxies = [\"173.245.48.0/20\", \"2400:cb00::/32\"]\n\
@@ -173,5 +182,8 @@ fn trusted_proxies_are_cidrs_and_the_header_defaults_to_x_forwarded_for() {
     );
     let config = parse(&dir, &text).unwrap();
     assert_eq!(config.file.listen.trusted_proxies.len(), 2);
-    assert_eq!(config.file.listen.client_address_header, "CF-Connecting-IP");
+    assert_eq!(
+        config.file.listen.client_address_header.0,
+        "cf-connecting-ip"
+    );
 }

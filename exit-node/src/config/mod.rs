@@ -99,7 +99,9 @@ pub struct ListenConfig {
 }
 
 fn default_client_address_header() -> HeaderField {
-    HeaderField(HeaderName::from_static("x-forwarded-for"))
+    HeaderField(HeaderName::from_static(
+        crate::listener::proxies::DEFAULT_HEADER,
+    ))
 }
 
 /// An HTTP header name, checked when the file is read.

@@ -10,6 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use hyper::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
+/// The header trusted proxies pass the client's address in unless the config names another.
+pub const DEFAULT_HEADER: &str = "x-forwarded-for";
+
 /// The trusted proxies and the header they pass the client's address in.
 #[derive(Debug, Clone)]
 pub struct TrustedProxies {
@@ -20,7 +23,7 @@ pub struct TrustedProxies {
 impl Default for TrustedProxies {
     /// Trust nobody: every leg is attributed to its TCP peer.
     fn default() -> Self {
-        TrustedProxies::new(Vec::new(), HeaderName::from_static("x-forwarded-for"))
+        TrustedProxies::new(Vec::new(), HeaderName::from_static(DEFAULT_HEADER))
     }
 }
 

@@ -32,6 +32,7 @@ pub mod frame;
 mod handshake;
 pub mod message;
 pub mod sim;
+pub mod ws;
 
 pub use config::{MIN_MAX_RECORD, MIN_WINDOW, PeerLimits, Settings};
 pub use connection::{Connection, DeadReason, Event, LegStats, Read, Role, Stats, Transmit};

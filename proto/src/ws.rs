@@ -185,6 +185,9 @@ pub struct Decoder {
     frame: Option<Header>,
     /// A fragmented message being put together.
     partial: Option<BytesMut>,
+    /// The length of the last data frame: the next header read reserves room for one as
+    /// large, so a run of large messages lands in buffers that need not grow.
+    last_data: usize,
 }
 
 impl Decoder {
@@ -197,6 +200,7 @@ impl Decoder {
             read_chunk: read_chunk.max(MAX_HEADER_LEN),
             frame: None,
             partial: None,
+            last_data: 0,
         }
     }
 
@@ -208,13 +212,18 @@ impl Decoder {
                 Some(h) => h,
                 None => match parse_header(buf)? {
                     None => {
+                        let next_frame = self.last_data.saturating_add(MAX_HEADER_LEN);
                         return Ok(Decoded::Need(Need {
-                            reserve: self.read_chunk,
+                            reserve: self.read_chunk.max(next_frame),
                             limit: usize::MAX,
                         }));
                     }
                     Some(h) => {
                         self.check(&h)?;
+                        if !h.opcode.is_control() {
+                            // Invariant: `check` bounded the length by `max_message`.
+                            self.last_data = usize::try_from(h.len).unwrap_or(usize::MAX);
+                        }
                         self.frame = Some(h);
                         h
                     }

@@ -201,7 +201,11 @@ fn close_frames_report_their_status() {
             reason: String::new()
         })]
     );
-    let got = decode_all(Side::Client, &raw(0x88, &close_payload(1001, "bye"), None), 2);
+    let got = decode_all(
+        Side::Client,
+        &raw(0x88, &close_payload(1001, "bye"), None),
+        2,
+    );
     assert_eq!(
         got.unwrap(),
         vec![Decoded::Close(Close {
@@ -227,17 +231,33 @@ fn every_bad_frame_is_refused() {
     let masked = Some(KEY);
     let cases: Vec<(Side, Vec<u8>, WsError)> = vec![
         (Side::Server, raw(0xC2, b"x", masked), WsError::ReservedBits),
-        (Side::Server, raw(0x83, b"x", masked), WsError::UnknownOpcode(3)),
-        (Side::Server, raw(0x8B, b"x", masked), WsError::UnknownOpcode(0xB)),
+        (
+            Side::Server,
+            raw(0x83, b"x", masked),
+            WsError::UnknownOpcode(3),
+        ),
+        (
+            Side::Server,
+            raw(0x8B, b"x", masked),
+            WsError::UnknownOpcode(0xB),
+        ),
         (Side::Server, raw(0x82, b"x", None), WsError::Unmasked),
         (Side::Client, raw(0x82, b"x", masked), WsError::Masked),
-        (Side::Server, raw(0x09, b"x", masked), WsError::FragmentedControl),
+        (
+            Side::Server,
+            raw(0x09, b"x", masked),
+            WsError::FragmentedControl,
+        ),
         (
             Side::Server,
             raw(0x89, &[0; 126], masked),
             WsError::ControlTooLong(126),
         ),
-        (Side::Server, raw(0x80, b"x", masked), WsError::StrayContinuation),
+        (
+            Side::Server,
+            raw(0x80, b"x", masked),
+            WsError::StrayContinuation,
+        ),
         (Side::Server, raw(0x81, b"x", masked), WsError::Text),
         (
             Side::Server,
@@ -252,7 +272,11 @@ fn every_bad_frame_is_refused() {
     ];
     for (side, wire, want) in cases {
         for step in [1, usize::MAX] {
-            assert_eq!(decode_all(side, &wire, step), Err(want.clone()), "{wire:02x?}");
+            assert_eq!(
+                decode_all(side, &wire, step),
+                Err(want.clone()),
+                "{wire:02x?}"
+            );
         }
     }
 }
@@ -292,12 +316,30 @@ fn a_large_frame_is_read_to_its_end_and_no_further() {
         panic!("the frame is incomplete");
     };
     let rest = 50_000 - (1000 - 4);
-    assert_eq!(need, Need { reserve: rest, limit: rest });
+    assert_eq!(
+        need,
+        Need {
+            reserve: rest,
+            limit: rest
+        }
+    );
     buf.extend_from_slice(&wire[1000..1000 + rest]);
     assert_eq!(dec.decode(&mut buf).unwrap(), message(&body));
     assert!(buf.is_empty(), "nothing of the next frame was read");
+    // The next header read makes room for another frame as large, so its payload can be
+    // read into the same allocation without growing it.
+    let Decoded::Need(need) = dec.decode(&mut buf).unwrap() else {
+        panic!("nothing buffered");
+    };
+    assert_eq!(need.reserve, 50_000 + MAX_HEADER_LEN);
+    assert_eq!(need.limit, usize::MAX);
     buf.extend_from_slice(&wire[1000 + rest..]);
     assert_eq!(dec.decode(&mut buf).unwrap(), message(b"second"));
+    // After a small message, header reads go back to the small chunk.
+    let Decoded::Need(need) = dec.decode(&mut buf).unwrap() else {
+        panic!("nothing buffered");
+    };
+    assert_eq!(need.reserve, 1024);
 }
 
 #[test]

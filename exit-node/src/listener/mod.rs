@@ -14,6 +14,7 @@ pub mod proxies;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,17 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::admin::ReasonLabel;
-
-/// Most bytes one WebSocket read asks for. tungstenite zero-fills that much of its read
-/// buffer before every read, whatever the read returns; TLS hands over at most a record
-/// (16 KiB of plaintext) per read anyway, so a larger chunk only costs memset (the
-/// default, 128 KiB, was ~6 % of a process's CPU in bulk transfers).
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Where the listener counts connections it ended for a limit (the admin's `limits_hit`).
 pub type LimitsHit = prometheus_client::metrics::family::Family<
@@ -66,7 +59,10 @@ impl Leg {
 }
 
 /// The upgraded transport of a leg.
-pub type LegStream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type LegStream = ws::WsStream<LegIo>;
+
+/// The connection under a leg's WebSocket: TCP or TLS, after the HTTP upgrade.
+pub type LegIo = TokioIo<hyper::upgrade::Upgraded>;
 
 /// A freshly upgraded leg connection, not yet authenticated.
 #[derive(Debug)]
@@ -218,16 +214,7 @@ impl Conn {
                 Ok(u) => u,
                 Err(e) => return tracing::debug!(%peer, error = %e, "upgrade failed"),
             };
-            let config = WebSocketConfig::default()
-                .read_buffer_size(READ_CHUNK)
-                .max_message_size(Some(max))
-                .max_frame_size(Some(max));
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
+            let ws = ws::WsStream::new(TokioIo::new(upgraded), max);
             let sock = LegSocket {
                 leg,
                 peer,

@@ -8,19 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use proto::{CloseCode, Connection, Event, Read, ResetCode, Scope, StreamId, StreamKind, Transmit};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::streams::{Dialed, Flow, MAX_OUTSTANDING, WriterCmd, describe};
 use super::{ClientInfo, Hub, Status, lock};
 use crate::admin::{Direction, DirectionLabel, ReasonLabel};
 use crate::descriptors::{Permit, SessionFds};
 use crate::dial::DialError;
-use crate::listener::{self, LegSocket};
+use crate::listener::ws::{Incoming, Outgoing};
+use crate::listener::{self, LegSocket, LegStream};
 use crate::policy::Refusal;
 
 /// Messages queued to a leg's writer before the driver waits for it.
@@ -41,7 +40,7 @@ pub(crate) enum Input {
     Record {
         leg: proto::Leg,
         generation: u64,
-        data: Bytes,
+        data: BytesMut,
     },
     /// A leg's transport closed or failed.
     LegClosed { leg: proto::Leg, generation: u64 },
@@ -81,7 +80,7 @@ fn to_proto(leg: listener::Leg) -> proto::Leg {
 struct LegIo {
     generation: u64,
     peer: SocketAddr,
-    out: mpsc::Sender<Message>,
+    out: mpsc::Sender<Outgoing>,
     reader: JoinHandle<()>,
 }
 
@@ -160,7 +159,7 @@ impl Driver {
                 permit = reserve(stalled_out.clone()), if stalled_out.is_some() => {
                     if let (Ok(permit), Some(t)) = (permit, self.stalled.take()) {
                         self.count_tx(&t);
-                        permit.send(Message::Binary(t.payload));
+                        permit.send(Outgoing::Binary(t.payload));
                     }
                 }
                 _ = tick.tick() => self.housekeeping(),
@@ -185,14 +184,20 @@ impl Driver {
         let leg = to_proto(sock.leg);
         self.generation += 1;
         let generation = self.generation;
-        let (sink, stream) = sock.ws.split();
+        let LegStream { reader, writer } = sock.ws;
         let (out, out_rx) = mpsc::channel(LEG_QUEUE);
         if let Some(msg) = first {
             // The queue is new and empty: this cannot fail.
-            let _ = out.try_send(Message::Binary(msg));
+            let _ = out.try_send(Outgoing::Binary(msg));
         }
-        tokio::spawn(leg_writer(sink, out_rx));
-        let reader = tokio::spawn(leg_reader(leg, generation, stream, self.inbox.clone()));
+        tokio::spawn(leg_writer(writer, out_rx));
+        let reader = tokio::spawn(leg_reader(
+            leg,
+            generation,
+            reader,
+            out.clone(),
+            self.inbox.clone(),
+        ));
         tracing::info!(session = %self.conn.session_id(), leg = %leg, peer = %sock.peer, tls = sock.tls, "leg attached");
         self.hub.metrics.legs.get_or_create(&direction(leg)).inc();
         if let Some(old) = self.legs[leg.index()].replace(LegIo {
@@ -231,13 +236,13 @@ impl Driver {
             Err(e) => {
                 self.hub.reject(sock.peer, sock.leg, "attach", &e);
                 tokio::spawn(async move {
-                    let _ = sock.ws.close(None).await;
+                    let _ = sock.ws.writer.send(Outgoing::Close(1000, "")).await;
                 });
             }
         }
     }
 
-    fn on_record(&mut self, leg: proto::Leg, generation: u64, data: Bytes) {
+    fn on_record(&mut self, leg: proto::Leg, generation: u64, data: BytesMut) {
         let current = self.legs[leg.index()].as_ref().map(|l| l.generation);
         if current != Some(generation) {
             return;
@@ -249,10 +254,7 @@ impl Driver {
                 direction: Direction::Up,
             })
             .inc_by(data.len() as u64);
-        let buf = data
-            .try_into_mut()
-            .unwrap_or_else(|b| BytesMut::from(&b[..]));
-        if let Err(e) = self.conn.handle_record(self.now(), leg, buf) {
+        if let Err(e) = self.conn.handle_record(self.now(), leg, data) {
             match e.scope() {
                 Scope::Leg | Scope::Message => self.drop_leg(leg, &e),
                 Scope::Session | Scope::Stream => {
@@ -262,7 +264,7 @@ impl Driver {
         }
     }
 
-    fn stalled_sender(&self) -> Option<mpsc::Sender<Message>> {
+    fn stalled_sender(&self) -> Option<mpsc::Sender<Outgoing>> {
         let leg = self.stalled.as_ref()?.leg;
         self.legs[leg.index()].as_ref().map(|l| l.out.clone())
     }
@@ -282,7 +284,7 @@ impl Driver {
             match out.try_reserve() {
                 Ok(permit) => {
                     self.count_tx(&t);
-                    permit.send(Message::Binary(t.payload));
+                    permit.send(Outgoing::Binary(t.payload));
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
                     self.stalled = Some(t);
@@ -633,7 +635,7 @@ impl Driver {
         if let Some(t) = self.stalled.take()
             && let Some(io) = &self.legs[t.leg.index()]
         {
-            let _ = io.out.try_send(Message::Binary(t.payload));
+            let _ = io.out.try_send(Outgoing::Binary(t.payload));
         }
         self.flows.clear();
         for leg in proto::Leg::BOTH {
@@ -683,56 +685,56 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn reserve(tx: Option<mpsc::Sender<Message>>) -> Result<mpsc::OwnedPermit<Message>, ()> {
+async fn reserve(tx: Option<mpsc::Sender<Outgoing>>) -> Result<mpsc::OwnedPermit<Outgoing>, ()> {
     match tx {
         Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
         None => std::future::pending().await,
     }
 }
 
-async fn leg_writer(
-    mut sink: futures_util::stream::SplitSink<listener::LegStream, Message>,
-    mut rx: mpsc::Receiver<Message>,
-) {
+type LegReader = listener::ws::WsReader<tokio::io::ReadHalf<listener::LegIo>>;
+type LegWriter = listener::ws::WsWriter<tokio::io::WriteHalf<listener::LegIo>>;
+
+async fn leg_writer(mut sink: LegWriter, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(msg) = rx.recv().await {
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
-        while let Ok(msg) = rx.try_recv() {
-            if sink.feed(msg).await.is_err() {
-                return;
+        sink.push(msg);
+        while !sink.full() {
+            match rx.try_recv() {
+                Ok(more) => sink.push(more),
+                Err(_) => break,
             }
         }
-        if sink.flush().await.is_err() {
+        if sink.flush().await.is_err() || sink.closed() {
             return;
         }
     }
-    let _ = sink.close().await;
+    sink.push(Outgoing::Close(1000, ""));
+    let _ = sink.flush().await;
 }
 
 async fn leg_reader(
     leg: proto::Leg,
     generation: u64,
-    mut stream: futures_util::stream::SplitStream<listener::LegStream>,
+    mut stream: LegReader,
+    out: mpsc::Sender<Outgoing>,
     inbox: mpsc::Sender<Input>,
 ) {
-    while let Some(msg) = stream.next().await {
-        match msg {
-            Ok(Message::Binary(data)) => {
-                if inbox
-                    .send(Input::Record {
-                        leg,
-                        generation,
-                        data,
-                    })
-                    .await
-                    .is_err()
-                {
+    loop {
+        match stream.next().await {
+            Ok(Incoming::Message(data)) => {
+                let record = Input::Record {
+                    leg,
+                    generation,
+                    data,
+                };
+                if inbox.send(record).await.is_err() {
                     return;
                 }
             }
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-            Ok(Message::Text(_) | Message::Close(_)) | Err(_) => break,
+            // A pong that finds the queue full is dropped: the peer's ping only checks
+            // that the connection is alive, which the records behind it show.
+            Ok(Incoming::Ping(p)) => drop(out.try_send(Outgoing::Pong(p))),
+            Ok(Incoming::Close(_)) | Err(_) => break,
         }
     }
     let _ = inbox.send(Input::LegClosed { leg, generation }).await;

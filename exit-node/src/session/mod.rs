@@ -20,16 +20,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use uuid::Uuid;
 
 use crate::admin::{Metrics, ReasonLabel, SessionAdmin};
 use crate::descriptors::Descriptors;
 use crate::dial::Dialer;
+use crate::listener::ws::{Incoming, Outgoing, ReadError};
 use crate::listener::{Leg, LegSocket, LegStream};
 
 pub(crate) use driver::Input;
@@ -269,25 +266,31 @@ struct NoFirst {
     detail: String,
 }
 
-/// The leg's first binary message (pings and pongs are skipped).
+/// The leg's first binary message (pings are answered).
 async fn first_binary(ws: &mut LegStream) -> Result<Bytes, NoFirst> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
     let no = |reason, detail: &dyn std::fmt::Display| NoFirst {
         reason,
         detail: detail.to_string(),
     };
-    while let Some(msg) = ws.next().await {
-        match msg {
-            Ok(Message::Binary(b)) => return Ok(b),
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
-            Ok(Message::Text(_)) => return Err(no("bad_first_message", &"a text message")),
-            Ok(Message::Close(_)) => return Err(no("no_message", &"closed before a message")),
-            Err(e @ WsError::Capacity(_)) => return Err(no("oversized", &e)),
-            Err(e @ WsError::Protocol(_)) => return Err(no("bad_frame", &e)),
+    loop {
+        match ws.reader.next().await {
+            Ok(Incoming::Message(m)) => return Ok(m.freeze()),
+            Ok(Incoming::Ping(p)) => {
+                if let Err(e) = ws.writer.send(Outgoing::Pong(p)).await {
+                    return Err(no("no_message", &e));
+                }
+            }
+            Ok(Incoming::Close(_)) => return Err(no("no_message", &"closed before a message")),
+            Err(ReadError::Frame(e @ proto::ws::WsError::TooLong { .. })) => {
+                return Err(no("oversized", &e));
+            }
+            Err(ReadError::Frame(proto::ws::WsError::Text)) => {
+                return Err(no("bad_first_message", &"a text message"));
+            }
+            Err(e @ ReadError::Frame(_)) => return Err(no("bad_frame", &e)),
             Err(e) => return Err(no("no_message", &e)),
         }
     }
-    Err(no("no_message", &"closed before a message"))
 }
 
 async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
@@ -321,8 +324,8 @@ async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
     let accepted = match outcome {
         Ok(proto::Accept::Session(a)) => a,
         Ok(proto::Accept::Refuse(reply)) => {
-            let _ = sock.ws.send(Message::Binary(reply)).await;
-            let _ = sock.ws.close(None).await;
+            sock.ws.writer.push(Outgoing::Binary(reply));
+            let _ = sock.ws.writer.send(Outgoing::Close(1000, "")).await;
             return hub.reject(
                 sock.peer,
                 sock.leg,
@@ -334,7 +337,8 @@ async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
     };
     if sock
         .ws
-        .send(Message::Binary(accepted.response.clone()))
+        .writer
+        .send(Outgoing::Binary(accepted.response.clone()))
         .await
         .is_err()
     {
@@ -403,11 +407,8 @@ async fn attach(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
         .get(&attach.session)
         .map(|e| e.inbox.clone());
     let Some(inbox) = inbox else {
-        let frame = CloseFrame {
-            code: WsCloseCode::from(CLOSE_UNKNOWN_SESSION),
-            reason: "unknown session".into(),
-        };
-        let _ = sock.ws.close(Some(frame)).await;
+        let close = Outgoing::Close(CLOSE_UNKNOWN_SESSION, "unknown session");
+        let _ = sock.ws.writer.send(close).await;
         return hub.reject(sock.peer, sock.leg, "unknown_session", &attach.session);
     };
     let peer = sock.peer;

@@ -6,27 +6,21 @@ pub mod resolve;
 #[cfg(test)]
 mod tests;
 mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::http::Uri;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::LegConfig;
 use resolve::{Resolve, SystemResolver};
-
-/// Most bytes one WebSocket read asks for. tungstenite zero-fills that much of its read
-/// buffer before every read, whatever the read returns; TLS hands over at most a record
-/// (16 KiB of plaintext) per read anyway, so a larger chunk only costs memset (the
-/// default, 128 KiB, was ~6 % of a process's CPU in bulk transfers).
-const READ_CHUNK: usize = 16 * 1024;
 
 pub use tls::TlsSetupError;
 
@@ -34,8 +28,23 @@ pub use tls::TlsSetupError;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// A connected leg's WebSocket.
-pub type LegStream = WebSocketStream<Box<dyn Io>>;
+/// A connected leg: the byte stream after the WebSocket upgrade ([`ws`] frames it).
+pub struct LegStream {
+    /// TCP or TLS.
+    pub io: Box<dyn Io>,
+    /// Bytes read past the upgrade response.
+    pub read: BytesMut,
+    /// The largest message to accept.
+    pub max_message: usize,
+}
+
+impl std::fmt::Debug for LegStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegStream")
+            .field("read", &self.read.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a leg could not be connected. The driver backs off on all of these; the message
 /// is what `status` shows.
@@ -70,8 +79,8 @@ pub enum LegError {
     #[error("WebSocket upgrade refused with HTTP status {0}")]
     UpgradeRefused(u16),
     /// The WebSocket handshake failed otherwise.
-    #[error("WebSocket handshake failed: {0}")]
-    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    #[error(transparent)]
+    WebSocket(ws::UpgradeError),
     /// Nothing completed in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -85,7 +94,7 @@ pub struct LegEndpoint {
     port: u16,
     connect_address: Option<SocketAddr>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    ws_config: WebSocketConfig,
+    max_message: usize,
     timeout: Duration,
     resolver: Arc<dyn Resolve>,
 }
@@ -143,17 +152,13 @@ impl LegEndpoint {
         } else {
             None
         };
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_CHUNK)
-            .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message));
         Ok(LegEndpoint {
             uri,
             host,
             port,
             connect_address: config.connect_address,
             tls,
-            ws_config,
+            max_message,
             timeout,
             resolver: Arc::new(SystemResolver),
         })
@@ -189,7 +194,7 @@ impl LegEndpoint {
         let (addr, tcp) = self.connect_tcp(prepare).await?;
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok();
-        let io: Box<dyn Io> = match &self.tls {
+        let mut io: Box<dyn Io> = match &self.tls {
             Some((connector, server)) => {
                 let tls = connector.connect(server.clone(), tcp).await;
                 Box::new(tls.map_err(|source| LegError::Tls {
@@ -199,16 +204,15 @@ impl LegEndpoint {
             }
             None => Box::new(tcp),
         };
-        let request = self.uri.clone();
-        let (ws, _resp) =
-            tokio_tungstenite::client_async_with_config(request, io, Some(self.ws_config))
-                .await
-                .map_err(|e| match e {
-                    tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                        LegError::UpgradeRefused(resp.status().as_u16())
-                    }
-                    other => LegError::WebSocket(Box::new(other)),
-                })?;
+        let read = ws::upgrade(&mut io, &self.uri).await.map_err(|e| match e {
+            ws::UpgradeError::Refused(status) => LegError::UpgradeRefused(status),
+            other => LegError::WebSocket(other),
+        })?;
+        let ws = LegStream {
+            io,
+            read,
+            max_message: self.max_message,
+        };
         Ok((
             ws,
             Connected {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
 
@@ -117,10 +116,16 @@ fn no_prepare(_: &TcpSocket) -> std::io::Result<()> {
 
 async fn roundtrip(config: &LegConfig) -> Result<Connected, LegError> {
     let endpoint = LegEndpoint::new(config, 1 << 20, Duration::from_secs(5))?;
-    let (mut ws, info) = endpoint.connect(&no_prepare).await?;
-    ws.send(Message::binary(vec![7u8; 3000])).await.unwrap();
-    let echoed = ws.next().await.unwrap().unwrap();
-    assert_eq!(echoed.into_data().as_ref(), &[7u8; 3000][..]);
+    let (ws, info) = endpoint.connect(&no_prepare).await?;
+    let (read_half, write_half) = tokio::io::split(ws.io);
+    let mut reader = ws::WsReader::new(read_half, ws.read, ws.max_message);
+    let mut writer = ws::WsWriter::new(write_half);
+    writer.push(ws::Outgoing::Binary(vec![7u8; 3000].into()));
+    writer.flush().await.unwrap();
+    match reader.next().await.unwrap() {
+        ws::Incoming::Message(echoed) => assert_eq!(&echoed[..], &[7u8; 3000][..]),
+        other => panic!("expected the echo, got {other:?}"),
+    }
     Ok(info)
 }
 

@@ -4,15 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
 use proto::{ClientHandshake, Leg};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::backoff::{Backoff, Breaker, Failure};
+use crate::leg::ws::{Incoming, Outgoing, WsReader, WsWriter};
 use crate::leg::{Connected, LegEndpoint, LegError, LegStream};
 
 /// The WebSocket close code the exit uses when an attach names a session it does not know.
@@ -65,7 +63,7 @@ pub enum LegInput {
     Message {
         leg: Leg,
         generation: u64,
-        data: Bytes,
+        data: BytesMut,
     },
     /// The transport is gone.
     Ended {
@@ -78,7 +76,7 @@ pub enum LegInput {
 /// A running transport: the writer's queue and both tasks (aborted on drop).
 #[derive(Debug)]
 pub struct Transport {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -108,16 +106,24 @@ impl Transport {
         generation: u64,
         inputs: mpsc::Sender<LegInput>,
     ) -> Transport {
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let (read_half, write_half) = tokio::io::split(ws.io);
+        let mut reader = WsReader::new(read_half, ws.read, ws.max_message);
+        let mut sink = WsWriter::new(write_half);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        // The reader queues pongs and the echo of a close; it is aborted with the
+        // transport, so this sender never keeps the writer alive on its own.
+        let answers = tx.clone();
         let writer_inputs = inputs.clone();
         let writer = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                let mut result = sink.feed(msg).await;
-                while let (Ok(()), Ok(more)) = (&result, rx.try_recv()) {
-                    result = sink.feed(more).await;
+                sink.push(msg);
+                while !sink.full() {
+                    match rx.try_recv() {
+                        Ok(more) => sink.push(more),
+                        Err(_) => break,
+                    }
                 }
-                if let Err(e) = result.and(sink.flush().await) {
+                if let Err(e) = sink.flush().await {
                     let why = Ended::Error(format!("write failed: {e}"));
                     let _ = writer_inputs
                         .send(LegInput::Ended {
@@ -128,13 +134,17 @@ impl Transport {
                         .await;
                     return;
                 }
+                if sink.closed() {
+                    return;
+                }
             }
-            let _ = sink.close().await;
+            sink.push(Outgoing::Close(1000));
+            let _ = sink.flush().await;
         });
         let reader = tokio::spawn(async move {
             let why = loop {
-                match stream.next().await {
-                    Some(Ok(Message::Binary(data))) => {
+                match reader.next().await {
+                    Ok(Incoming::Message(data)) => {
                         let input = LegInput::Message {
                             leg,
                             generation,
@@ -144,13 +154,17 @@ impl Transport {
                             return;
                         }
                     }
-                    Some(Ok(Message::Close(frame))) => break closed_by_peer(frame),
-                    Some(Ok(Message::Text(_))) => {
-                        break Ended::Error("peer sent a text message".into());
+                    Ok(Incoming::Ping(payload)) => {
+                        let _ = answers.send(Outgoing::Pong(payload));
                     }
-                    Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
-                    Some(Err(e)) => break Ended::Error(format!("read failed: {e}")),
-                    None => break Ended::Error("connection ended without a close".into()),
+                    Ok(Incoming::Close(close)) => {
+                        let _ = answers.send(Outgoing::Close(close.code));
+                        break Ended::Remote {
+                            code: close.code,
+                            reason: close.reason,
+                        };
+                    }
+                    Err(e) => break Ended::Error(e.to_string()),
                 }
             };
             let _ = inputs
@@ -166,20 +180,7 @@ impl Transport {
 
     /// Queue one binary message. `false` if the writer is gone.
     pub fn send(&self, payload: Bytes) -> bool {
-        self.tx.send(Message::Binary(payload)).is_ok()
-    }
-}
-
-fn closed_by_peer(frame: Option<CloseFrame>) -> Ended {
-    match frame {
-        Some(f) => Ended::Remote {
-            code: u16::from(f.code),
-            reason: f.reason.to_string(),
-        },
-        None => Ended::Remote {
-            code: 1005,
-            reason: String::new(),
-        },
+        self.tx.send(Outgoing::Binary(payload)).is_ok()
     }
 }
 

@@ -338,7 +338,7 @@ impl Driver {
         }
     }
 
-    fn on_message(&mut self, now: Instant, leg: Leg, data: bytes::Bytes) {
+    fn on_message(&mut self, now: Instant, leg: Leg, data: BytesMut) {
         let phase = std::mem::replace(&mut self.slot(leg).phase, Phase::Connecting);
         match phase {
             Phase::Handshaking { hs, io, .. } => self.on_handshake_answer(now, hs, io, &data),
@@ -395,11 +395,11 @@ impl Driver {
         }
     }
 
-    fn on_record(&mut self, now: Instant, leg: Leg, data: bytes::Bytes) {
+    fn on_record(&mut self, now: Instant, leg: Leg, data: BytesMut) {
         let Some(conn) = &mut self.conn else {
             return;
         };
-        let result = conn.handle_record(now, leg, BytesMut::from(data));
+        let result = conn.handle_record(now, leg, data);
         if result.is_ok() && leg == Leg::Down {
             self.stall.on_down_record(now);
         }

@@ -160,6 +160,29 @@ async fn tls_leg_trusts_a_ca_file_and_checks_the_name() {
 }
 
 #[tokio::test]
+async fn tls_legs_prefer_aes_128_gcm() {
+    let pki = pki("suite");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = pki.acceptor.clone();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+    });
+    let mut config = leg("wss://a.example.test/u", addr);
+    config.ca_file = Some(pki.ca_file.clone());
+    let connector = tls::connector(&config).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("a.example.test").unwrap();
+    let _tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(
+        server.await.unwrap(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+}
+
+#[tokio::test]
 async fn pinning_accepts_only_the_pinned_certificate() {
     let pki = pki("pin");
     let addr = echo_server(Some(pki.acceptor.clone())).await;

@@ -10,10 +10,9 @@
 //! loop {
 //!     match decoder.decode(&mut buf)? {
 //!         Decoded::Need(n) => { buf.reserve(n.reserve); read at most n.limit bytes into buf }
-//!         Decoded::Message(record) => hand it to the connection (it is decrypted in place)
-//!         Decoded::Ping(payload) => queue a pong carrying `payload`
-//!         Decoded::Pong => {}
-//!         Decoded::Close(close) => answer with a close frame and stop reading
+//!         Decoded::Incoming(Incoming::Message(record)) => hand it on (decrypted in place)
+//!         Decoded::Incoming(Incoming::Ping(payload)) => queue a pong carrying `payload`
+//!         Decoded::Incoming(Incoming::Close(close)) => answer with a close, stop reading
 //!     }
 //! }
 //! ```
@@ -152,19 +151,24 @@ pub struct Close {
     pub reason: String,
 }
 
+/// A message or control frame for the leg's driver (pongs need nothing and are dropped).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A whole binary message, unmasked, in a buffer of its own.
+    Message(BytesMut),
+    /// A ping: answer with a pong carrying this payload.
+    Ping(Bytes),
+    /// The peer closes: answer with a close frame and stop reading.
+    Close(Close),
+}
+
 /// What [`Decoder::decode`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// Nothing complete yet: read more.
     Need(Need),
-    /// A whole binary message, unmasked, in a buffer of its own.
-    Message(BytesMut),
-    /// A ping: answer with a pong carrying this payload.
-    Ping(Bytes),
-    /// A pong (nothing to do).
-    Pong,
-    /// The peer closes: answer with a close frame and stop reading.
-    Close(Close),
+    /// A message, ping or close.
+    Incoming(Incoming),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -253,7 +257,9 @@ impl Decoder {
             }
             // `check` refused text, stray continuations and interleaved messages.
             match header.opcode {
-                OpCode::Binary if header.fin => return Ok(Decoded::Message(payload)),
+                OpCode::Binary if header.fin => {
+                    return Ok(Decoded::Incoming(Incoming::Message(payload)));
+                }
                 OpCode::Binary => self.partial = Some(payload),
                 OpCode::Continuation => {
                     let Some(partial) = self.partial.as_mut() else {
@@ -262,13 +268,16 @@ impl Decoder {
                     partial.extend_from_slice(&payload);
                     if header.fin {
                         let whole = self.partial.take().unwrap_or_default();
-                        return Ok(Decoded::Message(whole));
+                        return Ok(Decoded::Incoming(Incoming::Message(whole)));
                     }
                 }
                 OpCode::Text => return Err(WsError::Text),
-                OpCode::Ping => return Ok(Decoded::Ping(payload.freeze())),
-                OpCode::Pong => return Ok(Decoded::Pong),
-                OpCode::Close => return parse_close(&payload).map(Decoded::Close),
+                OpCode::Ping => return Ok(Decoded::Incoming(Incoming::Ping(payload.freeze()))),
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let close = parse_close(&payload)?;
+                    return Ok(Decoded::Incoming(Incoming::Close(close)));
+                }
             }
         }
     }

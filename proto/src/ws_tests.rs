@@ -12,7 +12,7 @@ const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Feed `wire` to a fresh decoder in pieces of `step` bytes, honouring `Need::limit`;
 /// everything it decodes, or the first error.
-fn decode_all(side: Side, wire: &[u8], step: usize) -> Result<Vec<Decoded>, WsError> {
+fn decode_all(side: Side, wire: &[u8], step: usize) -> Result<Vec<Incoming>, WsError> {
     let mut dec = Decoder::new(side, MAX, 64);
     let mut buf = BytesMut::new();
     let mut at = 0;
@@ -28,7 +28,7 @@ fn decode_all(side: Side, wire: &[u8], step: usize) -> Result<Vec<Decoded>, WsEr
                 buf.extend_from_slice(&wire[at..at + n]);
                 at += n;
             }
-            other => out.push(other),
+            Decoded::Incoming(incoming) => out.push(incoming),
         }
     }
 }
@@ -59,8 +59,12 @@ fn raw(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
-fn message(bytes: &[u8]) -> Decoded {
-    Decoded::Message(BytesMut::from(bytes))
+fn message(bytes: &[u8]) -> Incoming {
+    Incoming::Message(BytesMut::from(bytes))
+}
+
+fn decoded(bytes: &[u8]) -> Decoded {
+    Decoded::Incoming(message(bytes))
 }
 
 /// An in-memory socket for tungstenite: reads from `input`, writes to `output`.
@@ -112,8 +116,8 @@ fn decodes_what_a_tungstenite_client_sends() {
     let wire = std::mem::take(&mut client.get_mut().output);
     for step in [1, 7, 4096, usize::MAX] {
         let got = decode_all(Side::Server, &wire, step).unwrap();
-        let mut want: Vec<Decoded> = SIZES.iter().map(|&n| message(&payload(n))).collect();
-        want.push(Decoded::Ping(vec![1, 2, 3].into()));
+        let mut want: Vec<Incoming> = SIZES.iter().map(|&n| message(&payload(n))).collect();
+        want.push(Incoming::Ping(vec![1, 2, 3].into()));
         assert_eq!(got, want, "step {step}");
     }
 }
@@ -126,7 +130,7 @@ fn decodes_what_a_tungstenite_server_sends() {
     }
     let wire = std::mem::take(&mut server.get_mut().output);
     let got = decode_all(Side::Client, &wire, 1000).unwrap();
-    let want: Vec<Decoded> = SIZES.iter().map(|&n| message(&payload(n))).collect();
+    let want: Vec<Incoming> = SIZES.iter().map(|&n| message(&payload(n))).collect();
     assert_eq!(got, want);
 }
 
@@ -182,8 +186,7 @@ fn fragments_are_joined_around_control_frames() {
         assert_eq!(
             got,
             vec![
-                Decoded::Ping(b"p".to_vec().into()),
-                Decoded::Pong,
+                Incoming::Ping(b"p".to_vec().into()),
                 message(b"abcdef"),
                 message(b"next"),
             ]
@@ -196,7 +199,7 @@ fn close_frames_report_their_status() {
     let got = decode_all(Side::Client, &raw(0x88, b"", None), 1).unwrap();
     assert_eq!(
         got,
-        vec![Decoded::Close(Close {
+        vec![Incoming::Close(Close {
             code: CLOSE_NO_STATUS,
             reason: String::new()
         })]
@@ -208,7 +211,7 @@ fn close_frames_report_their_status() {
     );
     assert_eq!(
         got.unwrap(),
-        vec![Decoded::Close(Close {
+        vec![Incoming::Close(Close {
             code: 1001,
             reason: "bye".into()
         })]
@@ -324,7 +327,7 @@ fn a_large_frame_is_read_to_its_end_and_no_further() {
         }
     );
     buf.extend_from_slice(&wire[1000..1000 + rest]);
-    assert_eq!(dec.decode(&mut buf).unwrap(), message(&body));
+    assert_eq!(dec.decode(&mut buf).unwrap(), decoded(&body));
     assert!(buf.is_empty(), "nothing of the next frame was read");
     // The next header read makes room for another frame as large, so its payload can be
     // read into the same allocation without growing it.
@@ -334,7 +337,7 @@ fn a_large_frame_is_read_to_its_end_and_no_further() {
     assert_eq!(need.reserve, 50_000 + MAX_HEADER_LEN);
     assert_eq!(need.limit, usize::MAX);
     buf.extend_from_slice(&wire[1000 + rest..]);
-    assert_eq!(dec.decode(&mut buf).unwrap(), message(b"second"));
+    assert_eq!(dec.decode(&mut buf).unwrap(), decoded(b"second"));
     // After a small message, header reads go back to the small chunk.
     let Decoded::Need(need) = dec.decode(&mut buf).unwrap() else {
         panic!("nothing buffered");
@@ -366,7 +369,7 @@ proptest! {
             put_masked(&mut wire, OpCode::Binary, &payload(n), key);
         }
         let got = decode_all(Side::Server, &wire, step).unwrap();
-        let want: Vec<Decoded> = sizes.iter().map(|&n| message(&payload(n))).collect();
+        let want: Vec<Incoming> = sizes.iter().map(|&n| message(&payload(n))).collect();
         prop_assert_eq!(got, want);
     }
 

@@ -7,7 +7,8 @@
 use std::io::IoSlice;
 
 use bytes::{Bytes, BytesMut};
-use proto::ws::{self, Close, Decoded, Decoder, FrameHeader, OpCode, Side};
+pub use proto::ws::Incoming;
+use proto::ws::{self, Decoded, Decoder, FrameHeader, OpCode, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Most bytes one read asks for while a header or a small payload is awaited (a large
@@ -19,17 +20,6 @@ const WRITE_BATCH: usize = 256 * 1024;
 
 /// Frames per write (two slices each; well under the kernel's 1,024 per `writev`).
 const WRITE_FRAMES: usize = 64;
-
-/// What the reader hands on.
-#[derive(Debug)]
-pub enum Incoming {
-    /// A binary message (one leg message), ready to be decrypted in place.
-    Message(BytesMut),
-    /// A ping: the writer should answer it.
-    Ping(Bytes),
-    /// The peer closes.
-    Close(Close),
-}
 
 /// Why reading stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +64,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                         return Err(ReadError::Eof);
                     }
                 }
-                Decoded::Message(m) => return Ok(Incoming::Message(m)),
-                Decoded::Ping(p) => return Ok(Incoming::Ping(p)),
-                Decoded::Pong => {}
-                Decoded::Close(c) => return Ok(Incoming::Close(c)),
+                Decoded::Incoming(incoming) => return Ok(incoming),
             }
         }
     }

@@ -6,13 +6,13 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use proto::ws::{Decoded, Decoder, Side};
+use proto::ws::{Decoded, Decoder, Incoming, Side};
 
 const MAX: usize = 4096;
 const CHUNK: usize = 64;
 
 /// Decode `wire` fed `step` bytes at a time (honouring `Need::limit`).
-fn run(side: Side, wire: &[u8], step: usize) -> (Vec<Decoded>, Option<proto::ws::WsError>) {
+fn run(side: Side, wire: &[u8], step: usize) -> (Vec<Incoming>, Option<proto::ws::WsError>) {
     let mut dec = Decoder::new(side, MAX, CHUNK);
     let mut buf = BytesMut::new();
     let (mut at, mut out) = (0, Vec::new());
@@ -29,11 +29,11 @@ fn run(side: Side, wire: &[u8], step: usize) -> (Vec<Decoded>, Option<proto::ws:
                 buf.extend_from_slice(&wire[at..at + n]);
                 at += n;
             }
-            Ok(Decoded::Message(m)) => {
+            Ok(Decoded::Incoming(Incoming::Message(m))) => {
                 assert!(m.len() <= MAX);
-                out.push(Decoded::Message(m));
+                out.push(Incoming::Message(m));
             }
-            Ok(other) => out.push(other),
+            Ok(Decoded::Incoming(other)) => out.push(other),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! buffer and writes it in one go.
 
 use bytes::{Buf, Bytes, BytesMut};
-use proto::ws::{self, Close, Decoded, Decoder, OpCode, Side};
+pub use proto::ws::Incoming;
+use proto::ws::{self, Decoded, Decoder, OpCode, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -118,17 +119,6 @@ pub enum UpgradeError {
     Io(#[from] std::io::Error),
 }
 
-/// What the reader hands on.
-#[derive(Debug)]
-pub enum Incoming {
-    /// A binary message (one leg message), ready to be decrypted in place.
-    Message(BytesMut),
-    /// A ping: the writer must answer it.
-    Ping(Bytes),
-    /// The peer closes.
-    Close(Close),
-}
-
 /// Why reading stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -173,10 +163,7 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                         return Err(ReadError::Eof);
                     }
                 }
-                Decoded::Message(m) => return Ok(Incoming::Message(m)),
-                Decoded::Ping(p) => return Ok(Incoming::Ping(p)),
-                Decoded::Pong => {}
-                Decoded::Close(c) => return Ok(Incoming::Close(c)),
+                Decoded::Incoming(incoming) => return Ok(incoming),
             }
         }
     }

@@ -108,7 +108,11 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .init();
     let config = Config::load(path)?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.file.runtime.worker_threads {
+        runtime.worker_threads(threads.get());
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let mut node = exit_node::node::start(&config, &dir).await?;
         let mut hup = signal(SignalKind::hangup())?;

@@ -81,19 +81,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()?)
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up { config } => runtime()?.block_on(vpn_client::up::up(&config)),
+        Command::Up { config } => {
+            let threads = Config::load(&config)?.runtime.worker_threads.get();
+            runtime(threads)?.block_on(vpn_client::up::up(&config))
+        }
         Command::Down { config } => down(&config),
         Command::Status { config, json } => {
             let cfg = Config::load(&config)?;
-            let st = runtime()?.block_on(status::query(&cfg.runtime.control_socket))?;
+            let st = runtime(1)?.block_on(status::query(&cfg.runtime.control_socket))?;
             if json {
                 println!("{}", serde_json::to_string(&st)?);
             } else {

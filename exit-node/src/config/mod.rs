@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,6 +76,19 @@ pub struct FileConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The async runtime.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; absent: one per CPU. Sessions spread over them, so a busy exit
+    /// wants several; an exit for one client on a small machine measured faster with one
+    /// (docs/BENCHMARKS.md).
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 /// The up and down leg listeners.

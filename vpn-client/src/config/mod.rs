@@ -4,6 +4,7 @@
 //! prints; a test keeps it parseable and in step with the defaults here.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -251,7 +252,7 @@ impl Default for SessionConfig {
     }
 }
 
-/// Runtime paths.
+/// Runtime paths and threads.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -259,6 +260,10 @@ pub struct RuntimeConfig {
     pub control_socket: PathBuf,
     /// Undo journal directory.
     pub journal_dir: PathBuf,
+    /// Worker threads of the async runtime. One session's work is one driver and its
+    /// legs, so one thread (the default) avoids handing packets between threads; measured
+    /// on 2 vCPUs it is faster in every figure (docs/BENCHMARKS.md).
+    pub worker_threads: NonZeroUsize,
 }
 
 impl Default for RuntimeConfig {
@@ -266,6 +271,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             control_socket: "/run/half-tunnel/control.sock".into(),
             journal_dir: "/run/half-tunnel".into(),
+            worker_threads: NonZeroUsize::MIN,
         }
     }
 }

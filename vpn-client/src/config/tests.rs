@@ -51,7 +51,18 @@ fn sample_parses_and_matches_the_defaults() {
     assert_eq!(c.session.exit_has_ipv6, d.session.exit_has_ipv6);
     assert_eq!(c.session.stall_timeout, d.session.stall_timeout);
     assert_eq!(c.runtime.journal_dir, d.runtime.journal_dir);
+    assert_eq!(c.runtime.worker_threads, d.runtime.worker_threads);
     assert_eq!(c.log.stats_interval, d.log.stats_interval);
+}
+
+#[test]
+fn worker_threads_default_to_one_and_zero_is_refused() {
+    assert_eq!(parse(MINIMAL).unwrap().runtime.worker_threads.get(), 1);
+    let four = MINIMAL.to_owned() + "[runtime]\nworker_threads = 4\n";
+    assert_eq!(parse(&four).unwrap().runtime.worker_threads.get(), 4);
+    let zero = MINIMAL.to_owned() + "[runtime]\nworker_threads = 0\n";
+    let err = parse(&zero).unwrap_err().to_string();
+    assert!(err.contains("worker_threads"), "{err}");
 }
 
 #[test]

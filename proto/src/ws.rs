@@ -29,6 +29,8 @@ pub const MAX_HEADER_LEN: usize = 14;
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 /// The close code reported for a close frame without a status (RFC 6455 §7.1.5).
 pub const CLOSE_NO_STATUS: u16 = 1005;
+/// The close code of a normal closure (RFC 6455 §7.4.1).
+pub const CLOSE_NORMAL: u16 = 1000;
 
 /// Which end of the WebSocket this is: a client masks what it sends and must receive
 /// unmasked frames; a server the opposite.

@@ -236,7 +236,11 @@ impl Driver {
             Err(e) => {
                 self.hub.reject(sock.peer, sock.leg, "attach", &e);
                 tokio::spawn(async move {
-                    let _ = sock.ws.writer.send(Outgoing::Close(1000, "")).await;
+                    let _ = sock
+                        .ws
+                        .writer
+                        .send(Outgoing::Close(proto::ws::CLOSE_NORMAL, ""))
+                        .await;
                 });
             }
         }
@@ -708,7 +712,7 @@ async fn leg_writer(mut sink: LegWriter, mut rx: mpsc::Receiver<Outgoing>) {
             return;
         }
     }
-    sink.push(Outgoing::Close(1000, ""));
+    sink.push(Outgoing::Close(proto::ws::CLOSE_NORMAL, ""));
     let _ = sink.flush().await;
 }
 

@@ -325,7 +325,11 @@ async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
         Ok(proto::Accept::Session(a)) => a,
         Ok(proto::Accept::Refuse(reply)) => {
             sock.ws.writer.push(Outgoing::Binary(reply));
-            let _ = sock.ws.writer.send(Outgoing::Close(1000, "")).await;
+            let _ = sock
+                .ws
+                .writer
+                .send(Outgoing::Close(proto::ws::CLOSE_NORMAL, ""))
+                .await;
             return hub.reject(
                 sock.peer,
                 sock.leg,

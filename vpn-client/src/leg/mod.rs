@@ -204,10 +204,7 @@ impl LegEndpoint {
             }
             None => Box::new(tcp),
         };
-        let read = ws::upgrade(&mut io, &self.uri).await.map_err(|e| match e {
-            ws::UpgradeError::Refused(status) => LegError::UpgradeRefused(status),
-            other => LegError::WebSocket(other),
-        })?;
+        let read = ws::upgrade(&mut io, &self.uri).await?;
         let ws = LegStream {
             io,
             read,

@@ -11,6 +11,8 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use super::LegError;
+
 /// Most bytes one read asks for while a header or a small payload is awaited (a large
 /// payload is read to its end at once).
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -23,7 +25,7 @@ const MAX_RESPONSE: usize = 16 * 1024;
 
 /// Send the upgrade request for `uri` on `io` and check the answer. Returns the bytes
 /// read past the response (the start of the first frames, if the server sent any).
-pub async fn upgrade<S>(io: &mut S, uri: &Uri) -> Result<BytesMut, UpgradeError>
+pub async fn upgrade<S>(io: &mut S, uri: &Uri) -> Result<BytesMut, LegError>
 where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
@@ -38,23 +40,22 @@ where
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
     );
-    io.write_all(request.as_bytes()).await?;
-    io.flush().await?;
+    let failed = |e| LegError::WebSocket(UpgradeError::Io(e));
+    io.write_all(request.as_bytes()).await.map_err(failed)?;
+    io.flush().await.map_err(failed)?;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        if io.read_buf(&mut buf).await? == 0 {
-            return Err(UpgradeError::Invalid(
-                "connection closed before the response",
-            ));
+        if io.read_buf(&mut buf).await.map_err(failed)? == 0 {
+            return Err(invalid("connection closed before the response"));
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
         let parsed = response
             .parse(&buf)
-            .map_err(|_| UpgradeError::Invalid("malformed HTTP response"))?;
+            .map_err(|_| invalid("malformed HTTP response"))?;
         let httparse::Status::Complete(len) = parsed else {
             if buf.len() >= MAX_RESPONSE {
-                return Err(UpgradeError::Invalid("HTTP response headers too large"));
+                return Err(invalid("HTTP response headers too large"));
             }
             continue;
         };
@@ -64,10 +65,14 @@ where
     }
 }
 
-fn check_response(response: &httparse::Response<'_, '_>, accept: &str) -> Result<(), UpgradeError> {
+fn invalid(why: &'static str) -> LegError {
+    LegError::WebSocket(UpgradeError::Invalid(why))
+}
+
+fn check_response(response: &httparse::Response<'_, '_>, accept: &str) -> Result<(), LegError> {
     let status = response.code.unwrap_or(0);
     if status != 101 {
-        return Err(UpgradeError::Refused(status));
+        return Err(LegError::UpgradeRefused(status));
     }
     let header = |name: &'static str| {
         response
@@ -77,40 +82,31 @@ fn check_response(response: &httparse::Response<'_, '_>, accept: &str) -> Result
             .filter_map(|h| std::str::from_utf8(h.value).ok())
     };
     if !header("upgrade").any(|v| v.trim().eq_ignore_ascii_case("websocket")) {
-        return Err(UpgradeError::Invalid(
-            "no `Upgrade: websocket` in the response",
-        ));
+        return Err(invalid("no `Upgrade: websocket` in the response"));
     }
     let has_upgrade_token = header("connection").any(|v| {
         v.split(',')
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
     });
     if !has_upgrade_token {
-        return Err(UpgradeError::Invalid(
-            "no `Connection: upgrade` in the response",
-        ));
+        return Err(invalid("no `Connection: upgrade` in the response"));
     }
     if !header("sec-websocket-accept").any(|v| v.trim() == accept) {
-        return Err(UpgradeError::Invalid("wrong Sec-WebSocket-Accept"));
+        return Err(invalid("wrong Sec-WebSocket-Accept"));
     }
     // Nothing was offered, so nothing may be chosen (RFC 6455 §4.1).
     if header("sec-websocket-extensions").next().is_some()
         || header("sec-websocket-protocol").next().is_some()
     {
-        return Err(UpgradeError::Invalid(
-            "the server chose an extension or subprotocol",
-        ));
+        return Err(invalid("the server chose an extension or subprotocol"));
     }
     Ok(())
 }
 
-/// Why the WebSocket upgrade failed.
+/// Why the WebSocket upgrade failed, other than a refusal (`LegError::UpgradeRefused`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpgradeError {
-    /// The server answered with another status (e.g. 404: wrong path, or not our server).
-    #[error("WebSocket upgrade refused with HTTP status {0}")]
-    Refused(u16),
     /// The answer is not a valid upgrade.
     #[error("WebSocket handshake failed: {0}")]
     Invalid(&'static str),

@@ -138,7 +138,7 @@ impl Transport {
                     return;
                 }
             }
-            sink.push(Outgoing::Close(1000));
+            sink.push(Outgoing::Close(proto::ws::CLOSE_NORMAL));
             let _ = sink.flush().await;
         });
         let reader = tokio::spawn(async move {

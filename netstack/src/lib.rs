@@ -44,6 +44,8 @@
 //!   another flow.
 //! * **MSS** advertised to apps is MTU − 40 (IPv4) / MTU − 60 (IPv6);
 //!   [`clamp_mss`] rewrites forwarded SYNs for router mode.
+//! * **TCP timestamps** are offered back to an app whose SYN offers them (its kernel
+//!   then may reuse ports in `TIME_WAIT`); segments still fit the app's MSS and the MTU.
 //! * **Back-pressure**: the app's TCP window is the room left in the flow's receive
 //!   buffer (the caller not calling `tcp_recv` closes it); `tcp_send` takes only
 //!   what fits and [`Event::TcpWritable`] says when to try again.
@@ -61,6 +63,7 @@ mod packet;
 mod stack;
 mod stats;
 mod tcp;
+mod timestamps;
 mod udp;
 
 pub use checksum::{internet_checksum, partial_l4_checksum};

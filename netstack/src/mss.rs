@@ -1,16 +1,20 @@
-//! MSS clamping for forwarded SYNs (router mode, RFC 879 / RFC 6691).
+//! MSS clamping for forwarded SYNs (router mode, RFC 879 / RFC 6691), and the room a
+//! SYN's MSS must leave for TCP timestamps.
 
 use std::net::IpAddr;
+use std::ops::Range;
 
 use etherparse::{IpNumber, IpSlice, TcpSlice};
 
 use crate::checksum;
 use crate::error::Error;
+use crate::timestamps::OPTION_LEN;
 
 /// TCP option kinds (RFC 9293 §3.1).
 const OPT_END: u8 = 0;
 const OPT_NOP: u8 = 1;
 const OPT_MSS: u8 = 2;
+const OPT_TIMESTAMPS: u8 = 8;
 
 /// The MSS that fits a path MTU: MTU − 40 (IPv4) or MTU − 60 (IPv6).
 pub fn mss_for_mtu(mtu: u16, ipv6: bool) -> u16 {
@@ -25,26 +29,11 @@ pub fn mss_for_mtu(mtu: u16, ipv6: bool) -> u16 {
 /// non-TCP packets are returned unchanged (`Ok(false)`); unparseable packets give
 /// [`Error::Malformed`].
 pub fn clamp_mss(packet: &mut [u8], max_mss: u16) -> Result<bool, Error> {
-    let (tcp_start, tcp_len, src, dst) = {
-        let ip = IpSlice::from_slice(packet).map_err(|_| Error::Malformed)?;
-        let payload = ip.payload();
-        if payload.ip_number != IpNumber::TCP || payload.fragmented {
-            return Ok(false);
-        }
-        let tcp = TcpSlice::from_slice(payload.payload).map_err(|_| Error::Malformed)?;
-        if !tcp.syn() {
-            return Ok(false);
-        }
-        let start = payload.payload.as_ptr() as usize - packet.as_ptr() as usize;
-        (
-            start,
-            payload.payload.len(),
-            ip.source_addr(),
-            ip.destination_addr(),
-        )
+    let Some((tcp, src, dst)) = syn_header(packet)? else {
+        return Ok(false);
     };
-    let tcp = &mut packet[tcp_start..tcp_start + tcp_len];
-    let Some(at) = find_mss(tcp) else {
+    let tcp = &mut packet[tcp];
+    let Some(at) = options(tcp).mss else {
         return Ok(false);
     };
     let current = u16::from_be_bytes([tcp[at], tcp[at + 1]]);
@@ -56,27 +45,88 @@ pub fn clamp_mss(packet: &mut [u8], max_mss: u16) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Offset of the MSS value (2 bytes) within the TCP header, if present.
-fn find_mss(tcp: &[u8]) -> Option<usize> {
+/// Lowers the MSS option of a SYN that also offers timestamps by the timestamp
+/// option's length, so that smoltcp (which sizes payloads by the MSS alone) sends
+/// segments whose payload and options together fit the app's MSS
+/// (`crate::timestamps`). `Ok(false)`: not a SYN, no MSS or no timestamp option, or an
+/// MSS too small to lower.
+pub(crate) fn make_room_for_timestamps(packet: &mut [u8]) -> Result<bool, Error> {
+    let Some((tcp, src, dst)) = syn_header(packet)? else {
+        return Ok(false);
+    };
+    let tcp = &mut packet[tcp];
+    let Options {
+        mss: Some(at),
+        timestamps: true,
+    } = options(tcp)
+    else {
+        return Ok(false);
+    };
+    let current = u16::from_be_bytes([tcp[at], tcp[at + 1]]);
+    if current <= OPTION_LEN {
+        return Ok(false);
+    }
+    tcp[at..at + 2].copy_from_slice(&(current - OPTION_LEN).to_be_bytes());
+    fix_checksum(tcp, src, dst);
+    Ok(true)
+}
+
+/// Where a SYN's TCP header is in `packet`, and the addresses; `None` for anything
+/// else that parses.
+fn syn_header(packet: &[u8]) -> Result<Option<(Range<usize>, IpAddr, IpAddr)>, Error> {
+    let ip = IpSlice::from_slice(packet).map_err(|_| Error::Malformed)?;
+    let payload = ip.payload();
+    if payload.ip_number != IpNumber::TCP || payload.fragmented {
+        return Ok(None);
+    }
+    let tcp = TcpSlice::from_slice(payload.payload).map_err(|_| Error::Malformed)?;
+    if !tcp.syn() {
+        return Ok(None);
+    }
+    let start = payload.payload.as_ptr() as usize - packet.as_ptr() as usize;
+    Ok(Some((
+        start..start + payload.payload.len(),
+        ip.source_addr(),
+        ip.destination_addr(),
+    )))
+}
+
+/// What a TCP header's options hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    /// Offset of the MSS value (2 bytes) within the header.
+    mss: Option<usize>,
+    /// A timestamp option is present.
+    timestamps: bool,
+}
+
+/// Walks a TCP header's options; nothing is found in a header with a malformed one.
+fn options(tcp: &[u8]) -> Options {
     let header_len = usize::from(tcp[12] >> 4) * 4;
+    let mut found = Options::default();
     let mut i = 20;
     while i < header_len {
         match tcp[i] {
-            OPT_END => return None,
+            OPT_END => break,
             OPT_NOP => i += 1,
             kind => {
-                let len = usize::from(*tcp.get(i + 1)?);
+                let Some(&len) = tcp.get(i + 1) else {
+                    return Options::default();
+                };
+                let len = usize::from(len);
                 if len < 2 || i + len > header_len {
-                    return None;
+                    return Options::default();
                 }
-                if kind == OPT_MSS && len == 4 {
-                    return Some(i + 2);
+                match (kind, len) {
+                    (OPT_MSS, 4) => found.mss = Some(i + 2),
+                    (OPT_TIMESTAMPS, 10) => found.timestamps = true,
+                    _ => {}
                 }
                 i += len;
             }
         }
     }
-    None
+    found
 }
 
 fn fix_checksum(tcp: &mut [u8], src: IpAddr, dst: IpAddr) {

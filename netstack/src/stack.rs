@@ -296,6 +296,12 @@ impl Stack {
         self.now = self.now.max(now);
     }
 
+    /// The TCP timestamp clock at `ts`: milliseconds, from a per-stack offset.
+    fn tsval(&self, ts: smoltcp::time::Instant) -> u32 {
+        // Truncation is the point: the clock wraps every 49.7 days (RFC 7323 §5.2).
+        (self.config.random_seed as u32).wrapping_add(ts.total_millis() as u32)
+    }
+
     pub(crate) fn smol_now(&self) -> smoltcp::time::Instant {
         let micros = self.now.saturating_duration_since(self.base).as_micros();
         smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
@@ -386,6 +392,7 @@ impl Stack {
     /// the flow sweep that turns socket state into events.
     pub(crate) fn poll_shard(&mut self, s: usize) {
         let ts = self.smol_now();
+        crate::timestamps::set_clock(self.tsval(ts));
         let shard = &mut self.shards[s];
         self.dirty.remove(s);
         let mut dev = QueueDevice {

@@ -217,7 +217,7 @@ impl Stack {
             self.shards[shard].remove_socket(&mut self.spares, handle);
             return;
         };
-        let FlowState::Pending { syn, .. } = std::mem::replace(
+        let FlowState::Pending { mut syn, .. } = std::mem::replace(
             &mut flow.state,
             FlowState::Pending {
                 syn: Vec::new(),
@@ -228,6 +228,8 @@ impl Stack {
             self.shards[shard].remove_socket(&mut self.spares, handle);
             return;
         };
+        // Parsed by `classify` already: this cannot fail.
+        let _ = crate::mss::make_room_for_timestamps(&mut syn);
         let sh = &mut self.shards[shard];
         sh.flows.push(id);
         sh.rx.push_back(syn);
@@ -555,6 +557,8 @@ fn socket_setup(
         s.set_ack_delay(ack_delay);
         s.set_keep_alive(keep_alive);
         s.set_timeout(timeout);
+        // Used only if the app's SYN offers timestamps (`crate::timestamps`).
+        s.set_tsval_generator(Some(crate::timestamps::tsval));
         let ep = IpListenEndpoint {
             addr: Some(dst.ip().into()),
             port: dst.port(),

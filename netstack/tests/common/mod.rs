@@ -125,6 +125,8 @@ pub struct TcpOut {
     pub window: u16,
     pub mss: Option<u16>,
     pub wscale: Option<u8>,
+    /// The timestamp option: (TSval, TSecr).
+    pub ts: Option<(u32, u32)>,
     pub payload: Vec<u8>,
 }
 
@@ -193,10 +195,12 @@ fn icmp_out(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: [u8; 4], payload
 fn tcp_out(s: IpAddr, d: IpAddr, t: TcpSlice<'_>) -> TcpOut {
     let mut mss = None;
     let mut wscale = None;
+    let mut ts = None;
     for opt in t.options_iterator().flatten() {
         match opt {
             TcpOptionElement::MaximumSegmentSize(m) => mss = Some(m),
             TcpOptionElement::WindowScale(w) => wscale = Some(w),
+            TcpOptionElement::Timestamp(val, ecr) => ts = Some((val, ecr)),
             _ => {}
         }
     }
@@ -211,6 +215,7 @@ fn tcp_out(s: IpAddr, d: IpAddr, t: TcpSlice<'_>) -> TcpOut {
         window: t.window_size(),
         mss,
         wscale,
+        ts,
         payload: t.payload().to_vec(),
     }
 }

@@ -28,6 +28,9 @@ pub enum NodeError {
     /// The resolver.
     #[error(transparent)]
     Dns(#[from] DnsError),
+    /// The session threads could not be started.
+    #[error("starting the session threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// A limit is outside what the protocol allows.
     #[error("limits.{key}: {message}")]
     Limit {
@@ -141,6 +144,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         limits,
         Descriptors::new(budget),
         metrics.clone(),
+        Some(session_threads(config)?),
     );
     let (legs_tx, legs_rx) = mpsc::channel(256);
     let mut tasks = vec![tokio::spawn(session::serve(hub.clone(), legs_rx))];
@@ -187,6 +191,17 @@ impl Node {
         let left = self.hub.session_count();
         tracing::info!(sessions_left = left, "shut down");
     }
+}
+
+/// `[runtime] session_threads`, or one per CPU.
+fn session_threads(config: &Config) -> Result<session::SessionThreads, NodeError> {
+    let n = config
+        .file
+        .runtime
+        .session_threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, |n| n.get());
+    session::SessionThreads::start(n).map_err(NodeError::Threads)
 }
 
 async fn stats_lines(hub: Arc<Hub>, every: Duration) {

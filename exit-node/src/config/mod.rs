@@ -85,10 +85,12 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Worker threads; absent: one per CPU. Sessions spread over them, so a busy exit
-    /// wants several; an exit for one client on a small machine measured faster with one
-    /// (docs/BENCHMARKS.md).
+    /// Worker threads of the main runtime (listeners, TLS handshakes, the legs' sockets,
+    /// admin); absent: one per CPU.
     pub worker_threads: Option<NonZeroUsize>,
+    /// Threads that run sessions, each session on one of them with all its tasks (the one
+    /// running the fewest sessions takes the next); absent: one per CPU.
+    pub session_threads: Option<NonZeroUsize>,
 }
 
 /// The up and down leg listeners.

@@ -95,17 +95,21 @@ fn sample_parses_and_matches_the_defaults() {
     );
     assert_eq!(file.log.stats_interval, LogConfig::default().stats_interval);
     assert_eq!(file.runtime.worker_threads, None, "one per CPU unless set");
+    assert_eq!(file.runtime.session_threads, None, "one per CPU unless set");
 }
 
 #[test]
-fn worker_threads_are_optional_and_never_zero() {
+fn runtime_threads_are_optional_and_never_zero() {
     let dir = keydir("threads");
-    let one = MINIMAL.to_owned() + "[runtime]\nworker_threads = 1\n";
-    let threads = parse(&dir, &one).unwrap().file.runtime.worker_threads;
-    assert_eq!(threads.map(|n| n.get()), Some(1));
-    let zero = MINIMAL.to_owned() + "[runtime]\nworker_threads = 0\n";
-    let err = parse(&dir, &zero).unwrap_err().to_string();
-    assert!(err.contains("worker_threads"), "{err}");
+    let set = MINIMAL.to_owned() + "[runtime]\nworker_threads = 1\nsession_threads = 3\n";
+    let runtime = parse(&dir, &set).unwrap().file.runtime;
+    assert_eq!(runtime.worker_threads.map(|n| n.get()), Some(1));
+    assert_eq!(runtime.session_threads.map(|n| n.get()), Some(3));
+    for key in ["worker_threads", "session_threads"] {
+        let zero = MINIMAL.to_owned() + &format!("[runtime]\n{key} = 0\n");
+        let err = parse(&dir, &zero).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
 }
 
 #[test]

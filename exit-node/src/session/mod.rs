@@ -13,6 +13,9 @@
 mod driver;
 mod echo;
 mod streams;
+mod threads;
+
+pub use threads::SessionThreads;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -82,6 +85,8 @@ pub struct Hub {
     descriptors: Descriptors,
     /// Metrics shared with the admin listener.
     pub metrics: Metrics,
+    /// Where sessions run; `None`: on the runtime that admits them.
+    threads: Option<SessionThreads>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -109,7 +114,7 @@ fn names(clients: &[crate::config::Client]) -> HashMap<[u8; 32], String> {
 
 impl Hub {
     /// A store for the exit key, clients and dialer given; destination sockets are taken
-    /// from `descriptors`.
+    /// from `descriptors`; sessions run on `threads` if given.
     pub fn new(
         private_key: [u8; 32],
         clients: &[crate::config::Client],
@@ -117,6 +122,7 @@ impl Hub {
         limits: SessionLimits,
         descriptors: Descriptors,
         metrics: Metrics,
+        threads: Option<SessionThreads>,
     ) -> Arc<Hub> {
         let acceptor = proto::Acceptor::new(private_key, &allowed(clients), limits.proto.clone());
         Arc::new(Hub {
@@ -128,6 +134,7 @@ impl Hub {
             descriptors,
             limits,
             metrics,
+            threads,
         })
     }
 
@@ -393,13 +400,20 @@ fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up:
     lock(&hub.sessions).insert(id, entry);
     hub.metrics.sessions.set(hub.session_count() as i64);
     tracing::info!(session = %id, client = %client.name, address = %up.client, peer = %up.peer, tls = up.tls, "session started");
-    tokio::spawn(async move {
-        let fds = hub.descriptors.session();
-        let driver = driver::Driver::new(hub.clone(), client, conn, tx, status, fds);
-        driver.run(rx, up).await;
-        hub.remove(id);
-        tracing::info!(session = %id, "session ended");
-    });
+    let session = {
+        let hub = hub.clone();
+        async move {
+            let fds = hub.descriptors.session();
+            let driver = driver::Driver::new(hub.clone(), client, conn, tx, status, fds);
+            driver.run(rx, up).await;
+            hub.remove(id);
+            tracing::info!(session = %id, "session ended");
+        }
+    };
+    match &hub.threads {
+        Some(threads) => threads.spawn(session),
+        None => drop(tokio::spawn(session)),
+    }
 }
 
 async fn attach(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {

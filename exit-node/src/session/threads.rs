@@ -1,0 +1,160 @@
+//! Session threads: every task of one session (its driver, its legs' readers and writers,
+//! its dials and destination sockets) runs on one thread, a current-thread runtime of its
+//! own, while sessions spread over the threads (the one with the fewest sessions takes
+//! the next).
+//!
+//! On tokio's work-stealing runtime each hand-off inside a session (leg reader → driver →
+//! destination writer; destination reader → driver → leg writer) could land on another
+//! worker, a futex wake each; a request/response crossed threads several times. The
+//! listeners, TLS handshakes and the admin endpoint stay on the main runtime, whose
+//! reactor also keeps serving the legs' sockets (they are registered where they were
+//! accepted).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// One session thread: its runtime's handle, how many sessions it runs, and the signal
+/// that ends it.
+#[derive(Debug)]
+struct Thread {
+    handle: Handle,
+    sessions: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// The session threads of a node; dropping it ends them (their tasks are dropped).
+#[derive(Debug)]
+pub struct SessionThreads {
+    threads: Vec<Thread>,
+}
+
+impl SessionThreads {
+    /// Starts `n` threads named `ht-session-<i>`.
+    pub fn start(n: usize) -> std::io::Result<SessionThreads> {
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("ht-session-{i}"))
+                .spawn(move || {
+                    // Ends when the sender is sent on or dropped.
+                    let _ = runtime.block_on(stopped);
+                })?;
+            threads.push(Thread {
+                handle,
+                sessions: Arc::new(AtomicUsize::new(0)),
+                stop: Some(stop),
+            });
+        }
+        Ok(SessionThreads { threads })
+    }
+
+    /// Runs `session` on the thread with the fewest sessions.
+    pub fn spawn(&self, session: impl Future<Output = ()> + Send + 'static) {
+        let Some(thread) = self
+            .threads
+            .iter()
+            .min_by_key(|t| t.sessions.load(Ordering::Relaxed))
+        else {
+            tokio::spawn(session);
+            return;
+        };
+        let count = Arc::clone(&thread.sessions);
+        count.fetch_add(1, Ordering::Relaxed);
+        thread.handle.spawn(async move {
+            let _running = Running(count);
+            session.await;
+        });
+    }
+
+    /// Sessions running on each thread.
+    pub fn load(&self) -> Vec<usize> {
+        self.threads
+            .iter()
+            .map(|t| t.sessions.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl Drop for SessionThreads {
+    fn drop(&mut self) {
+        for t in &mut self.threads {
+            if let Some(stop) = t.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+/// Counts a session on its thread until the session's future ends (or is dropped).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("").to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_sessions_tasks_stay_on_its_thread_and_sessions_spread() {
+        let threads = SessionThreads::start(2).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (release, hold) = tokio::sync::watch::channel(false);
+        for _ in 0..4 {
+            let tx = tx.clone();
+            let mut hold = hold.clone();
+            threads.spawn(async move {
+                let main = thread_name();
+                // A task the session spawns runs on the session's thread too.
+                let child = tokio::spawn(async { thread_name() }).await.unwrap();
+                tx.send((main, child)).unwrap();
+                let _ = hold.wait_for(|&go| go).await;
+            });
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let (main, child) = rx.recv().await.unwrap();
+            assert!(main.starts_with("ht-session-"), "{main}");
+            assert_eq!(main, child, "a session's spawned task left its thread");
+            seen.push(main);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "ht-session-0",
+                "ht-session-0",
+                "ht-session-1",
+                "ht-session-1"
+            ],
+            "the fewest-sessions thread takes the next"
+        );
+        assert_eq!(threads.load(), [2, 2]);
+        release.send(true).unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while threads.load() != [0, 0] && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            threads.load(),
+            [0, 0],
+            "ended sessions are no longer counted"
+        );
+    }
+}

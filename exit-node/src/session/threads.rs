@@ -76,7 +76,8 @@ impl SessionThreads {
     }
 
     /// Sessions running on each thread.
-    pub fn load(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn load(&self) -> Vec<usize> {
         self.threads
             .iter()
             .map(|t| t.sessions.load(Ordering::Relaxed))

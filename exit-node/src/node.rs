@@ -137,6 +137,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         );
     }
     let budget = Budget::new(soft_limit, config.file.limits.max_dest_sockets_per_session);
+    let threads = Arc::new(session_threads(config)?);
     let hub = Hub::new(
         config.private_key,
         &config.clients,
@@ -144,7 +145,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         limits,
         Descriptors::new(budget),
         metrics.clone(),
-        Some(session_threads(config)?),
+        Some(threads.clone()),
     );
     let (legs_tx, legs_rx) = mpsc::channel(256);
     let mut tasks = vec![tokio::spawn(session::serve(hub.clone(), legs_rx))];
@@ -153,7 +154,14 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         ready: Arc::new(AtomicBool::new(false)),
         sessions: hub.clone(),
     };
-    let listening = server::listen(&config.file, config_dir, Some(admin), legs_tx).await?;
+    let listening = server::listen(
+        &config.file,
+        config_dir,
+        Some(admin),
+        legs_tx,
+        Some(threads),
+    )
+    .await?;
     tasks.push(tokio::spawn(stats_lines(
         hub.clone(),
         config.file.log.stats_interval,

@@ -16,6 +16,7 @@ use crate::admin::Admin;
 use crate::config::{FileConfig, LegListener};
 use crate::listener::proxies::TrustedProxies;
 use crate::listener::{self, Leg, LegSocket, ListenerLimits, Routes, tls};
+use crate::session::SessionThreads;
 
 /// The node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,7 @@ pub async fn listen(
     config_dir: &Path,
     admin: Option<Admin>,
     sink: mpsc::Sender<LegSocket>,
+    threads: Option<Arc<SessionThreads>>,
 ) -> Result<Listening, StartError> {
     let limits = ListenerLimits {
         upgrade_timeout: file.limits.upgrade_timeout,
@@ -109,6 +111,7 @@ pub async fn listen(
             limits,
             sink.clone(),
             limits_hit.clone(),
+            threads.clone(),
         ));
     }
     let admin_addr = match (admin, &file.admin) {
@@ -199,7 +202,7 @@ mod tests {
                 ready: ready.clone(),
                 sessions: Arc::new(NoSessions),
             };
-            let mut listening = listen(&file(shared), Path::new("."), Some(admin), tx)
+            let mut listening = listen(&file(shared), Path::new("."), Some(admin), tx, None)
                 .await
                 .unwrap();
             assert_eq!(listening.up == listening.down, shared);
@@ -222,7 +225,9 @@ mod tests {
         let mut f = file(true);
         f.listen.up.address = taken.local_addr().unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        let err = listen(&f, Path::new("."), None, tx).await.unwrap_err();
+        let err = listen(&f, Path::new("."), None, tx, None)
+            .await
+            .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with(&format!("cannot listen on {}", f.listen.up.address)),

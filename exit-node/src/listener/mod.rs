@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::admin::ReasonLabel;
+use crate::session::SessionThreads;
 
 /// Where the listener counts connections it ended for a limit (the admin's `limits_hit`).
 pub type LimitsHit = prometheus_client::metrics::family::Family<
@@ -76,6 +77,9 @@ pub struct LegSocket {
     pub client: IpAddr,
     /// Whether TLS was terminated here.
     pub tls: bool,
+    /// The session thread whose reactor serves the socket, if it was placed on one
+    /// ([`crate::session::SessionThreads`]).
+    pub home: Option<usize>,
     /// The WebSocket.
     pub ws: LegStream,
 }
@@ -106,7 +110,9 @@ pub struct ListenerLimits {
 }
 
 /// Accept connections on `listener` until the task is dropped, sending upgraded legs to
-/// `sink`; connections ended by a limit are counted in `limits_hit`.
+/// `sink`; connections ended by a limit are counted in `limits_hit`. With `threads`, each
+/// connection is set up on the session thread it is placed on.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -115,6 +121,7 @@ pub async fn serve(
     limits: ListenerLimits,
     sink: mpsc::Sender<LegSocket>,
     limits_hit: LimitsHit,
+    threads: Option<Arc<SessionThreads>>,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -134,8 +141,15 @@ pub async fn serve(
             limits,
             sink: sink.clone(),
             limits_hit: limits_hit.clone(),
+            home: None,
         };
-        tokio::spawn(conn.run(tcp, tls.clone()));
+        let tls = tls.clone();
+        match &threads {
+            Some(threads) => {
+                threads.place_connection(tcp, move |tcp, home| Conn { home, ..conn }.run(tcp, tls))
+            }
+            None => drop(tokio::spawn(conn.run(tcp, tls))),
+        }
     }
 }
 
@@ -146,6 +160,8 @@ struct Conn {
     limits: ListenerLimits,
     sink: mpsc::Sender<LegSocket>,
     limits_hit: LimitsHit,
+    /// The session thread the connection was placed on.
+    home: Option<usize>,
 }
 
 impl Conn {
@@ -208,6 +224,7 @@ impl Conn {
             return not_found();
         };
         let (peer, sink, max) = (self.peer, self.sink.clone(), self.limits.max_message_size);
+        let home = self.home;
         let client = self.proxies.client(peer, req.headers());
         tokio::spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
@@ -220,6 +237,7 @@ impl Conn {
                 peer,
                 client,
                 tls,
+                home,
                 ws,
             };
             if sink.try_send(sock).is_err() {

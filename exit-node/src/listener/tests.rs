@@ -29,6 +29,14 @@ async fn start(tls: Option<TlsAcceptor>) -> Server {
 }
 
 async fn start_with(tls: Option<TlsAcceptor>, proxies: TrustedProxies) -> Server {
+    start_placed(tls, proxies, None).await
+}
+
+async fn start_placed(
+    tls: Option<TlsAcceptor>,
+    proxies: TrustedProxies,
+    threads: Option<Arc<SessionThreads>>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = Arc::new(Routes {
@@ -45,6 +53,7 @@ async fn start_with(tls: Option<TlsAcceptor>, proxies: TrustedProxies) -> Server
         LIMITS,
         tx,
         limits_hit.clone(),
+        threads,
     ));
     Server {
         addr,
@@ -151,6 +160,44 @@ async fn websocket_upgrade_routes_to_the_leg() {
             other => panic!("expected the message, got {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn connections_are_set_up_and_served_on_the_session_thread_they_are_placed_on() {
+    let threads = Arc::new(SessionThreads::start(2).unwrap());
+    let mut server = start_placed(None, TrustedProxies::default(), Some(threads.clone())).await;
+    // A connection still being set up counts: the next one goes to the other thread.
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = TcpStream::connect(server.addr).await.unwrap();
+    let mut homes = Vec::new();
+    for (i, tcp) in [second, first].into_iter().enumerate() {
+        let url = format!("ws://{}/u", server.addr);
+        let (mut client, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut accepted = server.legs.recv().await.unwrap();
+        let home = accepted.home.expect("placed on a session thread");
+        homes.push(home);
+        client.send(Message::binary(vec![i as u8])).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        threads.spawn_on(Some(home), async move {
+            let got = accepted.ws.reader.next().await;
+            let name = std::thread::current().name().map(str::to_owned);
+            let _ = tx.send((name, got));
+        });
+        let (name, got) = rx.await.unwrap();
+        assert_eq!(name.as_deref(), Some(format!("ht-session-{home}").as_str()));
+        match got {
+            Ok(ws::Incoming::Message(m)) => assert_eq!(&m[..], &[i as u8]),
+            other => panic!("expected the message, got {other:?}"),
+        }
+    }
+    homes.sort();
+    assert_eq!(
+        homes,
+        [0, 1],
+        "the two connections went to different threads"
+    );
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ pub struct Hub {
     /// Metrics shared with the admin listener.
     pub metrics: Metrics,
     /// Where sessions run; `None`: on the runtime that admits them.
-    threads: Option<SessionThreads>,
+    threads: Option<Arc<SessionThreads>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -122,7 +122,7 @@ impl Hub {
         limits: SessionLimits,
         descriptors: Descriptors,
         metrics: Metrics,
-        threads: Option<SessionThreads>,
+        threads: Option<Arc<SessionThreads>>,
     ) -> Arc<Hub> {
         let acceptor = proto::Acceptor::new(private_key, &allowed(clients), limits.proto.clone());
         Arc::new(Hub {
@@ -232,7 +232,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Serve legs from the listeners until the channel closes.
 pub async fn serve(hub: Arc<Hub>, mut legs: mpsc::Receiver<LegSocket>) {
     while let Some(sock) = legs.recv().await {
-        tokio::spawn(admit(hub.clone(), sock));
+        // On the thread that holds the leg's socket, if it was placed on one.
+        let home = sock.home;
+        let admit = admit(hub.clone(), sock);
+        match &hub.threads {
+            Some(threads) => threads.spawn_on(home, admit),
+            None => drop(tokio::spawn(admit)),
+        }
     }
 }
 
@@ -400,6 +406,8 @@ fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up:
     lock(&hub.sessions).insert(id, entry);
     hub.metrics.sessions.set(hub.session_count() as i64);
     tracing::info!(session = %id, client = %client.name, address = %up.client, peer = %up.peer, tls = up.tls, "session started");
+    // The thread holding the up leg's socket, if it was placed on one.
+    let home = up.home;
     let session = {
         let hub = hub.clone();
         async move {
@@ -411,7 +419,7 @@ fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up:
         }
     };
     match &hub.threads {
-        Some(threads) => threads.spawn(session),
+        Some(threads) => threads.spawn_session(home, session),
         None => drop(tokio::spawn(session)),
     }
 }

@@ -85,11 +85,12 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Worker threads of the main runtime (listeners, TLS handshakes, the legs' sockets,
-    /// admin); absent: one per CPU.
+    /// Worker threads of the main runtime (the listeners' accept loops, admin); absent:
+    /// one per CPU.
     pub worker_threads: Option<NonZeroUsize>,
-    /// Threads that run sessions, each session on one of them with all its tasks (the one
-    /// running the fewest sessions takes the next); absent: one per CPU.
+    /// Threads that run sessions: each accepted connection is set up on the least loaded
+    /// one, and a session runs with all its tasks on its up leg's thread; absent: one per
+    /// CPU.
     pub session_threads: Option<NonZeroUsize>,
 }
 

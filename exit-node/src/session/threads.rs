@@ -139,7 +139,7 @@ impl SessionThreads {
         });
     }
 
-    /// Sessions running on each thread.
+    /// Sessions running and connections being set up on each thread.
     #[cfg(test)]
     fn load(&self) -> Vec<usize> {
         self.threads.iter().map(Thread::load).collect()

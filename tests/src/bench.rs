@@ -78,14 +78,20 @@ pub struct Direct {
 impl Direct {
     /// Create and wire the namespaces and start the servers in inet.
     pub fn new() -> Direct {
+        Direct::named("d")
+    }
+
+    /// [`Direct::new`] with namespaces named `ht-<tag>-client-…` and so on: the same path
+    /// carries another tool in [`crate::peers`].
+    pub fn named(tag: &str) -> Direct {
         let d = Direct {
-            client: Netns::new("d-client"),
-            lan: Netns::new("d-lan"),
-            relay: Netns::new("d-relay"),
-            exit: Netns::new("d-exit"),
-            inet: Netns::new("d-inet"),
-            lan_host: Netns::new("d-lanhost"),
-            dir: crate::topology::TempDir::new("bench-direct"),
+            client: Netns::new(&format!("{tag}-client")),
+            lan: Netns::new(&format!("{tag}-lan")),
+            relay: Netns::new(&format!("{tag}-relay")),
+            exit: Netns::new(&format!("{tag}-exit")),
+            inet: Netns::new(&format!("{tag}-inet")),
+            lan_host: Netns::new(&format!("{tag}-lanhost")),
+            dir: crate::topology::TempDir::new(&format!("bench-{tag}")),
         };
         d.wire();
         for ns in [&d.client, &d.exit, &d.inet] {

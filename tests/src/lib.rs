@@ -10,4 +10,5 @@ pub mod impair;
 pub mod multi;
 pub mod netns;
 pub mod payload;
+pub mod peers;
 pub mod topology;

@@ -23,6 +23,7 @@ use e2e::bench::{
     self, Direct, Figure, Holder, IPERF_PORT, Legs, SERVE_PORT, Tunnel, TunnelSettings, quantile,
 };
 use e2e::netns::Netns;
+use e2e::peers::{Peer, PeerPath};
 use e2e::topology::{addr, bin};
 
 /// Half-Tunnel benchmark: direct path vs tunnel, in throwaway network namespaces.
@@ -71,6 +72,11 @@ struct RunArgs {
     /// tunnels, measured alternately with the direct path).
     #[arg(long, value_enum, default_value_t = LegsArg::Both)]
     legs: LegsArg,
+    /// Also measure other tools on copies of the direct path (comma separated:
+    /// `tun2proxy`, `boringtun`, or `all`), in the tcp, rr, crr and rate groups; each needs
+    /// its programs on the PATH (the harness says how to install them).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
 }
 
 /// `--legs`.
@@ -222,12 +228,24 @@ impl Plan {
 enum Path {
     Direct,
     Tunnel(Legs),
+    /// Another tool (`--peers`), on its own copy of the direct path.
+    Peer(Peer),
+}
+
+/// The figures other tools are measured in (`--peers`): TCP bulk with its CPU rows,
+/// request/response, connect+RR and new flows.
+fn peer_figure(key: &str) -> bool {
+    ["tcp_", "cpu_tcp_", "rr_", "crr_", "flows_per_sec"]
+        .iter()
+        .any(|p| key.starts_with(p))
 }
 
 struct Bench {
     direct: Direct,
     /// One tunnel per leg mode, in `--legs` order.
     tunnels: Vec<Tunnel>,
+    /// The other tools of `--peers`.
+    peers: Vec<PeerPath>,
     plan: Plan,
     figures: Vec<Figure>,
 }
@@ -237,7 +255,15 @@ impl Bench {
         match path {
             Path::Direct => &self.direct.client,
             Path::Tunnel(legs) => &self.tunnel(legs).t.client,
+            Path::Peer(peer) => &self.peer(peer).net.client,
         }
+    }
+
+    fn peer(&self, peer: Peer) -> &PeerPath {
+        self.peers
+            .iter()
+            .find(|p| p.peer == peer)
+            .expect("a path for every peer measured")
     }
 
     /// The host behind the path's client (the `lan` group).
@@ -249,6 +275,7 @@ impl Bench {
                 .lan_host
                 .as_ref()
                 .expect("tunnels have a LAN host when the lan group runs"),
+            Path::Peer(_) => unreachable!("the lan group does not run on peers"),
         }
     }
 
@@ -266,22 +293,30 @@ impl Bench {
             .collect()
     }
 
-    /// The figures (key, label) a measurement on `path` belongs to: a tunnel's own (its leg
-    /// mode's suffix), and for the direct path the same figure of every leg mode, so each
-    /// mode's row has its ratio against the direct path of the same run.
+    /// [`Bench::paths`] and then each peer: the paths of the groups peers take part in.
+    fn paths_and_peers(&self) -> Vec<Path> {
+        let peers = self.peers.iter().map(|p| Path::Peer(p.peer));
+        self.paths().into_iter().chain(peers).collect()
+    }
+
+    /// The figures (key, label) a measurement on `path` belongs to: a tunnel's or a peer's
+    /// own (its suffix), and for the direct path the same figure of every leg mode and
+    /// peer, so each row has its ratio against the direct path of the same run.
     fn targets(&self, path: Path, key: &str, label: &str) -> Vec<(String, String)> {
-        let modes = match path {
-            Path::Direct => self.tunnels.iter().map(|t| t.legs).collect(),
-            Path::Tunnel(legs) => vec![legs],
+        let tag = |legs: Legs| (legs.key_suffix().to_owned(), legs.label_suffix().to_owned());
+        let peer_tag = |p: Peer| (p.key_suffix(), p.label_suffix());
+        let tags: Vec<(String, String)> = match path {
+            Path::Direct => {
+                let peers = self.peers.iter().filter(|_| peer_figure(key));
+                (self.tunnels.iter().map(|t| tag(t.legs)))
+                    .chain(peers.map(|p| peer_tag(p.peer)))
+                    .collect()
+            }
+            Path::Tunnel(legs) => vec![tag(legs)],
+            Path::Peer(peer) => vec![peer_tag(peer)],
         };
-        modes
-            .into_iter()
-            .map(|m| {
-                (
-                    format!("{key}{}", m.key_suffix()),
-                    format!("{label}{}", m.label_suffix()),
-                )
-            })
+        tags.into_iter()
+            .map(|(k, l)| (format!("{key}{k}"), format!("{label}{l}")))
             .collect()
     }
 
@@ -299,7 +334,7 @@ impl Bench {
             let f = self.fig(&key, &label, unit, higher);
             match path {
                 Path::Direct => f.direct.push(v),
-                Path::Tunnel(_) => f.tunnel.push(v),
+                Path::Tunnel(_) | Path::Peer(_) => f.tunnel.push(v),
             }
         }
     }
@@ -309,6 +344,7 @@ impl Bench {
             Path::Direct => "Direct".to_owned(),
             Path::Tunnel(Legs::Relays) => "Tunnel (relay legs)".to_owned(),
             Path::Tunnel(Legs::Direct) => "Tunnel (direct legs)".to_owned(),
+            Path::Peer(peer) => peer.name().to_owned(),
         };
         for (key, label) in self.targets(path, key, label) {
             let f = self.fig(&key, &label, unit, true);
@@ -327,6 +363,7 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
         "iperf3 is missing: install it with `apt-get install -y iperf3`"
     );
     let _ = bin("ht-bench");
+    let peers = peers_asked(&a.peers)?;
     let started = Instant::now();
     let plan = Plan::new(a);
     let modes = a.legs.modes();
@@ -347,6 +384,17 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
+    let peers = peers
+        .into_iter()
+        .map(|p| {
+            println!(
+                "==> starting {} on its own namespaces: {}",
+                p.name(),
+                p.setup()
+            );
+            PeerPath::new(p)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
         "==> {} run(s), {} s per iperf3 test; the paths alternate",
         plan.runs, plan.secs
@@ -354,6 +402,7 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
     let mut b = Bench {
         direct,
         tunnels,
+        peers,
         plan,
         figures: Vec::new(),
     };
@@ -380,12 +429,41 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peers of `--peers`, each with its programs installed.
+fn peers_asked(names: &[String]) -> anyhow::Result<Vec<Peer>> {
+    let mut peers = Vec::new();
+    for name in names {
+        let add: Vec<Peer> = match name.as_str() {
+            "all" => Peer::ALL.to_vec(),
+            n => vec![Peer::from_name(n).ok_or_else(|| {
+                let known: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+                anyhow::anyhow!("unknown peer {n:?}: known are {} and all", known.join(", "))
+            })?],
+        };
+        for p in add {
+            let missing = p.missing();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "--peers {}: {} not found; install with `{}`",
+                p.name(),
+                missing.join(" and "),
+                p.install()
+            );
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+    }
+    Ok(peers)
+}
+
 fn one_run(b: &mut Bench, udp_rate: &str) {
     let paths = b.paths();
+    let with_peers = b.paths_and_peers();
     if b.plan.wants("tcp") {
         for (dir, reverse) in [("up", false), ("down", true)] {
             for streams in [1, 4] {
-                for &path in &paths {
+                for &path in &with_peers {
                     tcp_bulk(b, path, dir, reverse, streams, AppsOn::Client);
                 }
             }
@@ -405,7 +483,7 @@ fn one_run(b: &mut Bench, udp_rate: &str) {
             }
         }
     }
-    for &path in &paths {
+    for &path in &with_peers {
         if b.plan.wants("rr") {
             rr(b, path);
         }
@@ -472,11 +550,12 @@ fn iperf_in(b: &Bench, ns: &Netns, extra: &[&str]) -> Result<String, String> {
 type Samples = Vec<(String, u32, Option<bench::CpuSample>)>;
 
 fn sample(b: &Bench, path: Path) -> Samples {
-    let Path::Tunnel(legs) = path else {
-        return Vec::new();
+    let procs = match path {
+        Path::Direct => return Vec::new(),
+        Path::Tunnel(legs) => b.tunnel(legs).processes(),
+        Path::Peer(peer) => b.peer(peer).processes(),
     };
-    b.tunnel(legs)
-        .processes()
+    procs
         .into_iter()
         .map(|(name, pid)| {
             let s = bench::cpu_sample(pid);
@@ -539,23 +618,23 @@ fn tcp_bulk(b: &mut Bench, path: Path, dir: &str, reverse: bool, streams: u32, a
         Ok(None) => b.fail(path, &key, &label, "Gbit/s", "no sum_received".into()),
         Err(e) => b.fail(path, &key, &label, "Gbit/s", e),
     }
-    if let Path::Tunnel(legs) = path {
-        cpu_figures(b, legs, &key, &what, &before, &after, wall);
+    if path != Path::Direct {
+        cpu_figures(b, path, &key, &what, &before, &after, wall);
     }
 }
 
-/// Record CPU % of each process of the `legs` tunnel (and its busiest thread) during a
-/// bulk test; the relays' row exists only with relay legs (no relay runs otherwise).
+/// Record CPU % of each process of the tunnel or peer on `path` (and its busiest thread)
+/// during a bulk test; the relays' row exists only with relay legs (no relay runs
+/// otherwise).
 fn cpu_figures(
     b: &mut Bench,
-    legs: Legs,
+    tunnel: Path,
     key: &str,
     what: &str,
     s0: &Samples,
     s1: &Samples,
     wall: f64,
 ) {
-    let tunnel = Path::Tunnel(legs);
     let mut relays = 0.0;
     let mut seen_relay = false;
     for (name, pid, before) in s0 {
@@ -676,8 +755,12 @@ fn field(fields: &[(String, f64)], key: &str) -> f64 {
 fn rr(b: &mut Bench, path: Path) {
     let count = b.plan.rr_count.to_string();
     let label = "TCP 64 B request/response p50";
-    match tool(b, path, &["rr", "--target", &target(), "--count", &count]) {
+    let before = sample(b, path);
+    let result = tool(b, path, &["rr", "--target", &target(), "--count", &count]);
+    let after = sample(b, path);
+    match result {
         Ok(f) => {
+            cpu_per_exchange(b, path, &before, &after, field(&f, "n"));
             b.record(path, "rr_p50", label, "µs", false, field(&f, "p50_us"));
             let p99 = field(&f, "p99_us");
             b.record(
@@ -690,6 +773,26 @@ fn rr(b: &mut Bench, path: Path) {
             );
         }
         Err(e) => b.fail(path, "rr_p50", label, "µs", e),
+    }
+}
+
+/// CPU time per request/response of each process of the tunnel or peer on `path`: its
+/// CPU over the `rr` tool's run divided by the `n` timed exchanges and the `n / 10`
+/// warm-up ones before them.
+fn cpu_per_exchange(b: &mut Bench, path: Path, s0: &Samples, s1: &Samples, n: f64) {
+    for (name, pid, before) in s0 {
+        let after = s1
+            .iter()
+            .find(|(_, p, _)| p == pid)
+            .and_then(|x| x.2.as_ref());
+        let (Some(before), Some(after), true) = (before, after, n > 0.0) else {
+            continue;
+        };
+        // Ticks are 10 ms.
+        let exchanges = n + (n / 10.0).floor();
+        let us = after.total.saturating_sub(before.total) as f64 * 1e4 / exchanges;
+        let label = format!("  CPU {name} per request/response");
+        b.record(path, &format!("cpu_rr_{name}"), &label, "µs", false, us);
     }
 }
 
@@ -884,7 +987,7 @@ fn exit_streams(b: &Bench, legs: Legs) -> Option<f64> {
 }
 
 /// `perf record` vpn-client and exit-node of each tunnel during a 1-stream download and
-/// upload; writes `perf report` summaries next to the data files (`NAME-down1.data` with
+/// upload and a request/response test; writes `perf report` summaries next to the data files (`NAME-down1.data` with
 /// relay legs, `NAME-down1_direct_legs.data` with direct legs).
 fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -901,7 +1004,7 @@ fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
 
 fn profile_tunnel(b: &Bench, tunnel: &Tunnel, dir: &std::path::Path) -> anyhow::Result<()> {
     let suffix = tunnel.legs.key_suffix();
-    for (what, reverse) in [("down1", true), ("up1", false)] {
+    for what in ["down1", "up1", "rr"] {
         let mut recs = Vec::new();
         for (name, pid) in [
             ("vpn-client", tunnel.client_pid),
@@ -912,15 +1015,27 @@ fn profile_tunnel(b: &Bench, tunnel: &Tunnel, dir: &std::path::Path) -> anyhow::
                 .args(["record", "-F", "499", "--call-graph", "dwarf"])
                 .args(["-p", &pid.to_string(), "-o"])
                 .arg(&data)
-                .args(["--", "sleep", &b.plan.secs.to_string()])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()?;
             recs.push((child, data));
         }
-        let extra: &[&str] = if reverse { &["-R"] } else { &[] };
-        let _ = iperf(b, Path::Tunnel(tunnel.legs), extra);
+        // perf records until it is interrupted after the load.
+        std::thread::sleep(Duration::from_millis(500));
+        let path = Path::Tunnel(tunnel.legs);
+        match what {
+            "rr" => {
+                // Five times the figure's exchanges, for enough samples.
+                let count = (5 * b.plan.rr_count).to_string();
+                let _ = tool(b, path, &["rr", "--target", &target(), "--count", &count]);
+            }
+            "down1" => drop(iperf(b, path, &["-R"])),
+            _ => drop(iperf(b, path, &[])),
+        }
         for (mut child, data) in recs {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
             child.wait()?;
             let report = std::process::Command::new("perf")
                 .args([
@@ -976,6 +1091,21 @@ fn write_json(a: &RunArgs, b: &Bench, took: f64) -> anyhow::Result<()> {
                 .map(|t| bench::json_string(t.legs.name()))
                 .collect();
             format!("[{}]", names.join(","))
+        }),
+        ("peers", {
+            let peers: Vec<String> = b
+                .peers
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{{\"name\":{},\"version\":{},\"setup\":{}}}",
+                        bench::json_string(p.peer.name()),
+                        bench::json_string(&p.peer.version()),
+                        bench::json_string(&p.peer.setup())
+                    )
+                })
+                .collect();
+            format!("[{}]", peers.join(","))
         }),
         ("udp_rate", bench::json_string(&a.udp_rate)),
         ("idle_flows", b.plan.flows.to_string()),

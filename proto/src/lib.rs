@@ -32,6 +32,7 @@ pub mod frame;
 mod handshake;
 pub mod message;
 pub mod sim;
+pub mod timer;
 pub mod ws;
 
 pub use config::{MIN_MAX_RECORD, MIN_WINDOW, PeerLimits, Settings};
@@ -41,6 +42,7 @@ pub use error::{DecodeError, Error, Scope};
 pub use frame::{CloseCode, Destination, Frame, ResetCode, StreamId, StreamKind};
 pub use handshake::{Accept, Accepted, Acceptor, AllowedClient, ClientConfig, ClientHandshake};
 pub use message::{Leg, SUPPORTED_VERSIONS, VERSION};
+pub use timer::LazyDeadline;
 
 /// A short, loggable fingerprint of a public key (first 8 bytes, hex). Never log keys.
 pub fn fingerprint(public_key: &[u8; 32]) -> String {

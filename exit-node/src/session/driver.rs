@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use proto::{CloseCode, Connection, Event, Read, ResetCode, Scope, StreamId, StreamKind, Transmit};
+use proto::{
+    CloseCode, Connection, Event, LazyDeadline, Read, ResetCode, Scope, StreamId, StreamKind,
+    Transmit,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -143,19 +146,31 @@ impl Driver {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Input>, up: LegSocket) {
         self.install_leg(up, None);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // One timer, moved only earlier (see `proto::timer`).
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut deadline = LazyDeadline::default();
         loop {
             self.drain_transmits();
             if !self.handle_events() {
                 break;
             }
-            let timer = self.conn.poll_timeout().map(Instant::from_std);
+            if let Some(at) = deadline.rearm(self.conn.poll_timeout()) {
+                timer.as_mut().reset(Instant::from_std(at));
+            }
             let stalled_out = self.stalled_sender();
             tokio::select! {
                 input = inbox.recv() => match input {
                     Some(input) => self.handle_input_batch(input, &mut inbox),
                     None => break,
                 },
-                _ = sleep_until(timer), if timer.is_some() => self.conn.handle_timeout(self.now()),
+                () = &mut timer, if deadline.is_armed() => {
+                    deadline.fired();
+                    let now = self.now();
+                    if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+                        self.conn.handle_timeout(now);
+                    }
+                }
                 permit = reserve(stalled_out.clone()), if stalled_out.is_some() => {
                     if let (Ok(permit), Some(t)) = (permit, self.stalled.take()) {
                         self.count_tx(&t);
@@ -679,13 +694,6 @@ fn refusal_name(r: &Refusal) -> &'static str {
         Refusal::OwnAddress => "own_address",
         Refusal::DeniedNetwork(_) => "denied_network",
         Refusal::BlockedPort(_) => "blocked_port",
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

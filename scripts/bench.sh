@@ -11,10 +11,13 @@
 #
 #   sudo scripts/bench.sh [--quick] [--runs N] [--secs S] [--mtu M] [--json FILE]
 #                         [--only tcp,udp,rr,crr,rate,mem] [--perf DIR]
-#                         [--legs relays|direct|both]
+#                         [--legs relays|direct|both] [--peers tun2proxy,boringtun|all]
 #
 # Needs cargo, iproute2 and iperf3 (`apt-get install -y iperf3`); --perf needs perf
 # (`apt-get install -y linux-perf`). --quick is a CI smoke (one short run, < 1 min).
+# --peers measures other tools on copies of the direct path beside ours: tun2proxy
+# (`cargo install --locked tun2proxy && apt-get install -y microsocks`) and boringtun
+# (`cargo install --locked boringtun-cli && apt-get install -y wireguard-tools`).
 set -eu
 cd "$(dirname "$0")/.."
 if ! command -v iperf3 >/dev/null 2>&1; then

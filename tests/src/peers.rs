@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 use crate::bench::{Direct, SERVE_PORT};
 use crate::topology::{addr, bin};
 
+/// tun2proxy's `--tcp-timeout` in seconds. It keeps the SOCKS connection of a flow the app
+/// has closed until that timeout (600 s by default), so the connection tests' flows pile
+/// up until microsocks runs out of descriptors and every later flow fails; 15 s reclaims
+/// them between runs and is longer than iperf3's idle control connection.
+pub const TUN2PROXY_TCP_TIMEOUT: &str = "15";
 /// The port of the SOCKS5 server (microsocks) in the exit namespace.
 pub const SOCKS_PORT: u16 = 1080;
 /// boringtun's UDP port at the exit.
@@ -88,9 +93,11 @@ impl Peer {
     pub fn setup(self) -> String {
         match self {
             Peer::Tun2proxy => format!(
-                "tun2proxy-bin --mtu {m} --tcp-mss {mss} --max-sessions 65535 to microsocks at the exit",
+                "tun2proxy-bin --mtu {m} --tcp-mss {mss} --max-sessions 65535 --tcp-timeout {t} \
+                 to microsocks at the exit",
                 m = TUN2PROXY_MTU,
-                mss = TUN2PROXY_MTU - 40
+                mss = TUN2PROXY_MTU - 40,
+                t = TUN2PROXY_TCP_TIMEOUT
             ),
             Peer::Boringtun => {
                 "boringtun-cli --threads 1 at the client and the exit, wg MTU as created".into()
@@ -240,6 +247,8 @@ impl PeerPath {
                 &mss,
                 "--max-sessions",
                 "65535",
+                "--tcp-timeout",
+                TUN2PROXY_TCP_TIMEOUT,
                 "-v",
                 "warn",
             ],

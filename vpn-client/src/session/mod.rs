@@ -108,24 +108,19 @@ pub async fn run<D: PacketDevice>(
     // to 64 KiB (a shorter buffer would truncate them).
     let mut buf = vec![0u8; netstack::MAX_MTU + 64];
     tokio::pin!(shutdown);
-    // One timer, moved only earlier (see `proto::timer`); `on_timer` acts only on what is due.
-    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
-    tokio::pin!(timer);
-    let mut deadline = proto::LazyDeadline::default();
     loop {
-        if let Some(at) = deadline.rearm(Some(d.next_wakeup())) {
-            timer.as_mut().reset(tokio::time::Instant::from_std(at));
-        }
+        // Re-armed at the exact next deadline on every pass. Unlike the exit's driver, a
+        // lazy timer (`proto::LazyDeadline`) measured slower here: netstack's per-flow
+        // timers come and go with each connection, and the early firings it leaves cost
+        // more than the runtime wake-ups it saves (BENCHMARKS.md, A/B table).
+        let wake = tokio::time::Instant::from_std(d.next_wakeup());
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(input) = inputs.recv() => d.on_leg_input(Instant::now(), input),
             r = dev.recv(&mut buf) => d.on_packets(&dev, &mut buf, r),
             Some(req) = status_rx.recv() => { let _ = req.send(d.status(Instant::now())); }
-            () = &mut timer, if deadline.is_armed() => {
-                deadline.fired();
-                d.on_timer(Instant::now());
-            }
+            () = tokio::time::sleep_until(wake) => d.on_timer(Instant::now()),
         }
         d.drive(Instant::now(), &dev).await;
     }

@@ -7,7 +7,10 @@
 //! eventfd write) whenever the new deadline is earlier than the one it is parked for.
 //! [`LazyDeadline`] moves the armed deadline only earlier; a later one waits until the
 //! armed one fires. Firing early is harmless: the cores' `handle_timeout` acts only on what
-//! is due, and the driver then arms what is wanted at that time.
+//! is due, and the driver then arms what is wanted at that time — but not free: a driver
+//! whose deadlines are often withdrawn before they fire (vpn-client's, with netstack's
+//! per-flow timers) pays an early wake-up for each, which measured dearer than the eventfd
+//! writes saved; exit-node's session driver uses it (docs/BENCHMARKS.md, A/B table).
 //!
 //! ```text
 //! loop {

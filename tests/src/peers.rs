@@ -89,6 +89,19 @@ impl Peer {
             .collect()
     }
 
+    /// An error naming the missing programs and how to install them, if any is missing.
+    pub fn ensure_installed(self) -> anyhow::Result<()> {
+        let missing = self.missing();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} needs {} on the PATH; install with `{}`",
+            self.name(),
+            missing.join(" and "),
+            self.install()
+        );
+        Ok(())
+    }
+
     /// How it is set up, for the report.
     pub fn setup(self) -> String {
         match self {
@@ -133,7 +146,8 @@ impl Peer {
     }
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is on the `PATH`.
+pub fn on_path(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
@@ -159,14 +173,7 @@ impl PeerPath {
     /// Build the namespaces, start the tool, route inet's prefix into it and wait until it
     /// carries a request/response to inet's echo server.
     pub fn new(peer: Peer) -> anyhow::Result<PeerPath> {
-        let missing = peer.missing();
-        anyhow::ensure!(
-            missing.is_empty(),
-            "{} needs {} on the PATH: {}",
-            peer.name(),
-            missing.join(" and "),
-            peer.install()
-        );
+        peer.ensure_installed()?;
         let mut p = PeerPath {
             peer,
             net: Direct::named(match peer {

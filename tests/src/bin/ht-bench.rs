@@ -23,7 +23,7 @@ use e2e::bench::{
     self, Direct, Figure, Holder, IPERF_PORT, Legs, SERVE_PORT, Tunnel, TunnelSettings, quantile,
 };
 use e2e::netns::Netns;
-use e2e::peers::{Peer, PeerPath};
+use e2e::peers::{Peer, PeerPath, on_path};
 use e2e::topology::{addr, bin};
 
 /// Half-Tunnel benchmark: direct path vs tunnel, in throwaway network namespaces.
@@ -359,7 +359,7 @@ fn run_bench(a: &RunArgs) -> anyhow::Result<()> {
         "the benchmark creates network namespaces: run it as root"
     );
     anyhow::ensure!(
-        which("iperf3"),
+        on_path("iperf3"),
         "iperf3 is missing: install it with `apt-get install -y iperf3`"
     );
     let _ = bin("ht-bench");
@@ -441,14 +441,7 @@ fn peers_asked(names: &[String]) -> anyhow::Result<Vec<Peer>> {
             })?],
         };
         for p in add {
-            let missing = p.missing();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "--peers {}: {} not found; install with `{}`",
-                p.name(),
-                missing.join(" and "),
-                p.install()
-            );
+            p.ensure_installed()?;
             if !peers.contains(&p) {
                 peers.push(p);
             }
@@ -494,13 +487,6 @@ fn one_run(b: &mut Bench, udp_rate: &str) {
             rate(b, path);
         }
     }
-}
-
-fn which(program: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Run iperf3 in the path's client namespace against inet; its JSON report.
@@ -991,7 +977,7 @@ fn exit_streams(b: &Bench, legs: Legs) -> Option<f64> {
 /// relay legs, `NAME-down1_direct_legs.data` with direct legs).
 fn profile(b: &Bench, dir: &std::path::Path) -> anyhow::Result<()> {
     anyhow::ensure!(
-        which("perf"),
+        on_path("perf"),
         "perf is missing: apt-get install -y linux-perf"
     );
     std::fs::create_dir_all(dir)?;

@@ -11,6 +11,8 @@
 //! response + close latency, sustained new flows per second, and the memory of
 //! vpn-client and exit-node holding many idle flows. It prints a table (median, min–max,
 //! tunnel/direct ratio) and writes a JSON report. Nothing leaves those namespaces.
+//! With `--peers`, other tools (tun2proxy, boringtun; [`e2e::peers`]) are measured the same
+//! way on their own copies of the direct path, in the TCP, latency and rate groups.
 //!
 //! The subcommands are the load tools it runs inside the namespaces.
 

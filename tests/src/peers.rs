@@ -297,8 +297,8 @@ impl PeerPath {
         self.procs = pids;
         self.tun.clone_from(&cif);
         let dir = self.net.dir.path();
-        let (ckey, cpub) = wg_keypair(&dir.join("client.key"))?;
-        let (xkey, xpub) = wg_keypair(&dir.join("exit.key"))?;
+        let (ckey, xkey) = (dir.join("client.key"), dir.join("exit.key"));
+        let (cpub, xpub) = (wg_keypair(&ckey)?, wg_keypair(&xkey)?);
         let endpoint = format!("{}:{WG_PORT}", addr::EXIT_UP);
         let port = WG_PORT.to_string();
         let ckey = ckey.to_string_lossy().into_owned();
@@ -375,8 +375,8 @@ fn wait_link(ns: &crate::netns::Netns, ifname: &str) -> anyhow::Result<()> {
     .map_err(|_| anyhow::anyhow!("no interface {ifname} in {}", ns.name()))
 }
 
-/// `wg genkey` into `file`; the file and the public key.
-fn wg_keypair(file: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+/// `wg genkey` into `file`; the public key.
+fn wg_keypair(file: &std::path::Path) -> anyhow::Result<String> {
     let key = Command::new("wg").arg("genkey").output()?;
     anyhow::ensure!(key.status.success(), "wg genkey failed");
     std::fs::write(file, &key.stdout)?;
@@ -392,10 +392,7 @@ fn wg_keypair(file: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, Str
         .write_all(&key.stdout)?;
     let out = child.wait_with_output()?;
     anyhow::ensure!(out.status.success(), "wg pubkey failed");
-    Ok((
-        file.to_path_buf(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    ))
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 #[cfg(test)]

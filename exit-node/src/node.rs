@@ -104,8 +104,9 @@ pub fn proto_settings(config: &Config) -> Result<proto::Settings, NodeError> {
         max_streams: limits.max_streams_per_session.min(u32::MAX as usize) as u32,
         session_window,
         stream_window: defaults.stream_window.min(session_window),
-        // An eighth of the session window at most, as proto's defaults: streams whose
-        // destination stopped reading cannot take all of the session credit (PROTOCOL §6.2).
+        // An eighth of the session window (the pool of stream credit above the initial
+        // windows, PROTOCOL §6.2) at most: eight fast uploads share it before any of them
+        // is held to its initial window.
         max_stream_window: defaults
             .max_stream_window
             .min(session_window / 8)

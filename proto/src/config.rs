@@ -14,12 +14,15 @@ pub const MIN_WINDOW: u32 = 4_096;
 /// Tunables of one endpoint. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Initial receive window granted to each new stream, in bytes.
+    /// Initial receive window granted to each new stream, in bytes; also the window every
+    /// stream that is read is guaranteed, however many others are paused (PROTOCOL.md §6.2).
     pub stream_window: u32,
     /// Largest per-stream window that auto-tuning grows to (doubling while the reader keeps
     /// up), in bytes.
     pub max_stream_window: u32,
-    /// Session-wide receive window: stream bytes buffered here never exceed it.
+    /// Session-wide receive window: session credit runs this far ahead of the stream bytes
+    /// received, and it is the pool that stream windows above `stream_window` share. Stream
+    /// bytes buffered here never exceed open streams × `stream_window` + `session_window`.
     pub session_window: u32,
     /// Largest record plaintext accepted, in bytes (≥ `MIN_MAX_RECORD`).
     pub max_record: u32,
@@ -51,9 +54,6 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             stream_window: 256 * 1024,
-            // At most an eighth of the session window: streams whose app stopped reading
-            // keep their granted credit, and unless eight of them sit at the maximum they
-            // cannot take the whole session credit from the others (see PROTOCOL.md §6.2).
             max_stream_window: 8 * 1024 * 1024,
             session_window: 64 * 1024 * 1024,
             max_record: MIN_MAX_RECORD,

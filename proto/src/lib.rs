@@ -36,7 +36,10 @@ pub mod timer;
 pub mod ws;
 
 pub use config::{MIN_MAX_RECORD, MIN_WINDOW, PeerLimits, Settings};
-pub use connection::{Connection, DeadReason, Event, LegStats, Read, Role, Stats, Transmit};
+pub use connection::{
+    Connection, DeadReason, Event, LegStats, PAUSED_AFTER, PausedStream, Read, Role, Stats,
+    Transmit,
+};
 pub use crypto::{Cipher, generate_keypair, public_key};
 pub use error::{DecodeError, Error, Scope};
 pub use frame::{CloseCode, Destination, Frame, ResetCode, StreamId, StreamKind};

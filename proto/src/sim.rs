@@ -494,6 +494,31 @@ static PATTERN: [u8; PERIOD] = {
     t
 };
 
+/// The test pattern of every stream, cut from one shared buffer without copying: for
+/// applications of the harness other than [`Bulk`].
+#[derive(Debug, Clone)]
+pub struct Pattern(Bytes);
+
+impl Default for Pattern {
+    fn default() -> Self {
+        Pattern(pattern_buffer(256 * 1024))
+    }
+}
+
+impl Pattern {
+    /// Up to `len` pattern bytes of `stream` from `offset` (at most 256 KiB at a time).
+    pub fn slice(&self, stream: StreamId, offset: u64, len: usize) -> Bytes {
+        pattern_slice(&self.0, stream.0, offset, len)
+    }
+
+    /// Whether `data` is `stream`'s pattern from `offset`.
+    pub fn matches(stream: StreamId, offset: u64, data: &[u8]) -> bool {
+        data.iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(stream.0, offset + i as u64))
+    }
+}
+
 /// Up to `len` pattern bytes of `stream` from `offset`, as one slice of a shared buffer.
 fn pattern_slice(buf: &Bytes, stream: u32, offset: u64, len: usize) -> Bytes {
     let start = ((offset + u64::from(stream) * 7) % PERIOD as u64) as usize;

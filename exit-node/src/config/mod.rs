@@ -263,7 +263,10 @@ pub struct LimitsConfig {
     pub max_sessions: usize,
     /// Streams in one session.
     pub max_streams_per_session: usize,
-    /// Buffered bytes per session.
+    /// Buffered bytes per session: half is the window for what the exit holds for the
+    /// client, half the pool for upload stream windows above their initial one (uploads
+    /// held by destinations that stopped reading: at most that half plus the initial window
+    /// per open stream; PROTOCOL.md §6.2).
     pub max_buffered_bytes_per_session: usize,
     /// Handshakes per second from one source address.
     pub handshakes_per_second_per_source: u32,

@@ -18,7 +18,7 @@ use crate::frame::{
 };
 use crate::message::{self, Attach, AttachOk, Leg, RECORD_HEADER_LEN, RECORD_OVERHEAD, VERSION};
 
-use stream::{SendState, SessionFlow, Stream};
+use stream::{GrantLimits, SendState, SessionFlow, Stream};
 use tx::{AckState, Tx};
 
 /// Budget an answer to the peer needs: the frame, an `Ack` and a record's overhead.
@@ -26,6 +26,23 @@ const CONTROL_RESERVE: usize = 64;
 
 /// Acknowledge at once after this many ack-eliciting records.
 pub(crate) const ACK_EVERY: u32 = 4;
+
+/// A stream whose unread bytes have waited this long without the application reading any
+/// counts as paused in [`Connection::paused_streams`].
+pub const PAUSED_AFTER: Duration = Duration::from_secs(1);
+
+/// A stream whose reader stopped reading, and what it holds (docs/PROTOCOL.md §6.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PausedStream {
+    /// The stream.
+    pub id: StreamId,
+    /// Bytes received and not read.
+    pub held: u64,
+    /// Credit granted and not read: what it holds plus what the peer may still send it.
+    pub credit: u64,
+    /// Since when its bytes have waited unread.
+    pub since: Instant,
+}
 
 /// Which end of the session this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,8 +446,46 @@ impl Connection {
     /// Bytes this session holds for the peer or the application: sealed-unacknowledged
     /// records, the open record, and received stream bytes not yet read.
     pub fn buffered_bytes(&self) -> usize {
-        let recv = self.flow.received - self.flow.consumed;
+        let recv = self.flow.held();
         self.tx.pending_bytes() + usize::try_from(recv).unwrap_or(usize::MAX)
+    }
+
+    /// Received stream bytes not read yet, all streams: never more than
+    /// [`receive_bound`](Self::receive_bound).
+    pub fn held_bytes(&self) -> u64 {
+        self.flow.held()
+    }
+
+    /// The most stream bytes this side can be made to hold with its streams open now
+    /// (docs/PROTOCOL.md §6.2): the initial `stream_window` per open stream plus the
+    /// session window, which is the pool for every window above the initial one.
+    pub fn receive_bound(&self) -> u64 {
+        self.streams.len() as u64 * u64::from(self.settings.stream_window) + self.flow.window
+    }
+
+    /// Pool credit (stream credit above the initial windows) in use, and the pool's size.
+    pub fn credit_pool(&self) -> (u64, u64) {
+        (self.flow.pool_used, self.flow.window)
+    }
+
+    /// Streams whose unread bytes have waited at least [`PAUSED_AFTER`], most held first:
+    /// what shows a user which application is holding data.
+    pub fn paused_streams(&self, now: Instant) -> Vec<PausedStream> {
+        let mut paused: Vec<PausedStream> = self
+            .streams
+            .iter()
+            .filter_map(|(id, s)| {
+                let since = s.recv.waiting_since?;
+                (now.saturating_duration_since(since) >= PAUSED_AFTER).then(|| PausedStream {
+                    id: *id,
+                    held: s.recv.buffered(),
+                    credit: s.recv.outstanding(),
+                    since,
+                })
+            })
+            .collect();
+        paused.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.0.cmp(&b.id.0)));
+        paused
     }
 
     // ---- legs -------------------------------------------------------------------------
@@ -696,7 +751,7 @@ impl Connection {
             Frame::Ack { next } => self.on_ack(next)?,
             Frame::Open { id, kind, dest } if exit => self.on_open(id, kind, dest)?,
             Frame::Accept { id } if !exit => self.on_accept(id),
-            Frame::Data { id, data } => self.on_data(id, data)?,
+            Frame::Data { id, data } => self.on_data(now, id, data)?,
             Frame::Fin { id } => self.on_fin(id),
             Frame::Reset { id, code } => self.on_reset(id, code),
             Frame::MaxStreamData { id, max } => self.on_max_stream_data(id, max),
@@ -772,7 +827,7 @@ impl Connection {
         }
     }
 
-    fn on_data(&mut self, id: StreamId, data: Bytes) -> Result<(), Error> {
+    fn on_data(&mut self, now: Instant, id: StreamId, data: Bytes) -> Result<(), Error> {
         let len = data.len() as u64;
         self.flow.received += len;
         if self.flow.received > self.flow.recv_max {
@@ -781,10 +836,11 @@ impl Connection {
         if self.role == Role::Exit && id.0 > self.highest_peer_stream {
             return self.violation("data for a stream never opened");
         }
+        // Session credit follows receipt (§6.2): whatever the readers do.
+        self.grant_session();
         let Some(s) = self.streams.get_mut(&id).filter(|s| !s.recv.fin) else {
-            // A stream we already reset or finished reading: discard, but return the credit.
+            // A stream we already reset or finished reading: discard.
             self.flow.consumed += len;
-            self.grant_session();
             return Ok(());
         };
         s.recv.received += len;
@@ -793,6 +849,7 @@ impl Connection {
         }
         if !data.is_empty() {
             s.recv.chunks.push_back(data);
+            s.recv.waiting_since.get_or_insert(now);
         }
         if !s.recv.readable_announced {
             s.recv.readable_announced = true;
@@ -813,11 +870,18 @@ impl Connection {
 
     fn on_reset(&mut self, id: StreamId, code: ResetCode) {
         if let Some(s) = self.streams.remove(&id) {
-            self.flow.consumed += s.recv.buffered();
+            self.forget(&s);
             self.blocked.remove(&id);
-            self.grant_session();
             self.events.push_back(Event::StreamReset { id, code });
         }
+    }
+
+    /// A stream left the table: its unread bytes are discarded and its pool credit freed.
+    fn forget(&mut self, s: &Stream) {
+        self.flow.consumed += s.recv.buffered();
+        let mine = s.recv.excess(u64::from(self.settings.stream_window));
+        debug_assert!(self.flow.pool_used >= mine, "pool accounting");
+        self.flow.pool_used = self.flow.pool_used.saturating_sub(mine);
     }
 
     fn on_max_stream_data(&mut self, id: StreamId, max: u64) {
@@ -1120,11 +1184,16 @@ impl Connection {
     /// Read up to `max` bytes from a stream.
     pub fn stream_read(&mut self, now: Instant, id: StreamId, max: usize) -> Result<Read, Error> {
         let srtt = self.rtt.get();
+        let base = u64::from(self.settings.stream_window);
         let max_window = u64::from(self.settings.max_stream_window);
         let s = self
             .streams
             .get_mut(&id)
             .ok_or(Error::UnknownStream(id.0))?;
+        // This stream's share of the pool before the read; the others' stays as it is.
+        let mine = s.recv.excess(base);
+        debug_assert!(self.flow.pool_used >= mine, "pool accounting");
+        let others = self.flow.pool_used.saturating_sub(mine);
         let Some(chunk) = s.recv.pop(max) else {
             s.recv.readable_announced = false;
             if !s.recv.fin {
@@ -1134,12 +1203,18 @@ impl Connection {
             self.reap(id);
             return Ok(Read::Fin);
         };
-        let grant = s.recv.grant(now, srtt, max_window);
+        s.recv.waiting_since = (s.recv.buffered() > 0).then_some(now);
+        let limits = GrantLimits {
+            base,
+            max_window,
+            room: self.flow.window.saturating_sub(others),
+        };
+        let grant = s.recv.grant(now, srtt, limits);
+        self.flow.pool_used = others + s.recv.excess(base);
         self.flow.consumed += chunk.len() as u64;
         if let Some(max) = grant {
             self.queue(Frame::MaxStreamData { id, max });
         }
-        self.grant_session();
         Ok(Read::Data(chunk))
     }
 
@@ -1170,16 +1245,17 @@ impl Connection {
     pub fn reset_stream(&mut self, id: StreamId, code: ResetCode) -> Result<(), Error> {
         self.check_open()?;
         let s = self.streams.remove(&id).ok_or(Error::UnknownStream(id.0))?;
-        self.flow.consumed += s.recv.buffered();
+        self.forget(&s);
         self.blocked.remove(&id);
-        self.grant_session();
         self.queue(Frame::Reset { id, code });
         Ok(())
     }
 
     fn reap(&mut self, id: StreamId) {
-        if self.streams.get(&id).is_some_and(Stream::is_done) {
-            self.streams.remove(&id);
+        if self.streams.get(&id).is_some_and(Stream::is_done)
+            && let Some(s) = self.streams.remove(&id)
+        {
+            self.forget(&s);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Per-stream state and credit (docs/PROTOCOL.md §6): the receive half buffers what arrived
-//! until the application reads it and grants credit as it does; the send half only counts,
-//! because `Connection::stream_write` takes no more than the credit allows.
+//! until the application reads it and grants credit as it does, within the session's budget
+//! for stream credit; the send half only counts, because `Connection::stream_write` takes
+//! no more than the credit allows.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -74,6 +75,9 @@ pub(crate) struct RecvHalf {
     pub fin_delivered: bool,
     /// `StreamReadable` was announced and the application has not drained the stream since.
     pub readable_announced: bool,
+    /// Since when unread bytes have waited without the application reading any: `None`
+    /// while nothing is buffered. Old means the reader paused (§6.2).
+    pub waiting_since: Option<Instant>,
 }
 
 impl RecvHalf {
@@ -88,6 +92,7 @@ impl RecvHalf {
             fin: false,
             fin_delivered: false,
             readable_announced: false,
+            waiting_since: None,
         }
     }
 
@@ -107,26 +112,60 @@ impl RecvHalf {
         Some(chunk)
     }
 
+    /// Credit granted and not yet read: the most this stream can hold (buffered bytes plus
+    /// credit the peer has not used yet).
+    pub fn outstanding(&self) -> u64 {
+        self.max - self.consumed
+    }
+
+    /// The part of the outstanding credit above the stream's `base` window, which comes
+    /// out of the session's pool (§6.2).
+    pub fn excess(&self, base: u64) -> u64 {
+        self.outstanding().saturating_sub(base)
+    }
+
     /// If less than half the window is left, the new credit limit to announce. The window
     /// doubles (up to `max_window`) when the previous grant is less than two RTTs old: the
-    /// reader keeps up and the window, not the reader, limits the flow.
-    pub fn grant(&mut self, now: Instant, srtt: Duration, max_window: u64) -> Option<u64> {
+    /// reader keeps up and the window, not the reader, limits the flow. Whatever the
+    /// target, the window is never less than `base` (the guaranteed minimum of a stream
+    /// that is read) and never takes more than `room` above it out of the pool: a stream
+    /// that comes back from a pause while others hold the pool gets a smaller window, not
+    /// its old one.
+    pub fn grant(&mut self, now: Instant, srtt: Duration, limits: GrantLimits) -> Option<u64> {
         let left = self.max.saturating_sub(self.consumed);
         if left > self.window / 2 {
             return None;
         }
+        let mut target = self.window;
         if let Some(last) = self.last_grant
             && now.saturating_duration_since(last) < srtt * 2
         {
-            self.window = (self.window * 2).min(max_window).max(self.window);
+            target = (self.window * 2).min(limits.max_window).max(self.window);
         }
+        self.window = target.min(limits.base + limits.room).max(limits.base);
         self.last_grant = Some(now);
-        self.max = self.consumed + self.window;
+        let max = self.consumed + self.window;
+        if max <= self.max {
+            // Credit cannot be taken back: the shrunken window takes effect as it is read.
+            return None;
+        }
+        self.max = max;
         Some(self.max)
     }
 }
 
-/// Session-wide credit (docs §6.2).
+/// What bounds one stream credit grant (§6.2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GrantLimits {
+    /// The stream's guaranteed window: the initial `stream_window`.
+    pub base: u64,
+    /// The largest window auto-tuning may reach.
+    pub max_window: u64,
+    /// Pool credit free for this stream above `base`.
+    pub room: u64,
+}
+
+/// Session-wide credit and the receive budget (docs §6.2).
 #[derive(Debug)]
 pub(crate) struct SessionFlow {
     /// Stream bytes sent, all streams.
@@ -139,8 +178,12 @@ pub(crate) struct SessionFlow {
     pub consumed: u64,
     /// The session credit granted to the peer.
     pub recv_max: u64,
-    /// The session window.
+    /// The session window: session credit runs this far ahead of what was *received*, and
+    /// the stream credit above each stream's initial window never adds up to more.
     pub window: u64,
+    /// The sum of every open stream's outstanding credit above its initial window
+    /// (`RecvHalf::excess`); never more than `window`.
+    pub pool_used: u64,
 }
 
 impl SessionFlow {
@@ -152,6 +195,7 @@ impl SessionFlow {
             consumed: 0,
             recv_max: u64::from(window),
             window: u64::from(window),
+            pool_used: 0,
         }
     }
 
@@ -159,13 +203,20 @@ impl SessionFlow {
         self.send_max.saturating_sub(self.sent)
     }
 
-    /// If less than half the window is left, the new session credit to announce.
+    /// If less than half the window is left, the new session credit to announce. Counted
+    /// on receipt, not on reading: bytes that wait for a paused reader never hold back the
+    /// session credit of the others (their memory is bounded by stream credit instead).
     pub fn grant(&mut self) -> Option<u64> {
-        let left = self.recv_max.saturating_sub(self.consumed);
+        let left = self.recv_max.saturating_sub(self.received);
         if left > self.window / 2 {
             return None;
         }
-        self.recv_max = self.consumed + self.window;
+        self.recv_max = self.received + self.window;
         Some(self.recv_max)
+    }
+
+    /// Received stream bytes not read yet.
+    pub fn held(&self) -> u64 {
+        self.received - self.consumed
     }
 }

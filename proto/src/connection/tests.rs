@@ -209,10 +209,11 @@ fn a_stalled_reader_keeps_memory_bounded_and_resumes() {
 }
 
 /// An app that pauses some connections after they ran at full speed (their windows
-/// auto-tuned to the maximum) must not freeze the others: the paused streams' unread
-/// bytes may never use up the whole session credit. (iperf3 -R -P 4 stops reading its
-/// four data connections at the end and then waits for a small message on its control
-/// connection; with `max_stream_window` at half the session window that message starved.)
+/// auto-tuned to the maximum) must not freeze the others: session credit follows receipt,
+/// so the paused streams' unread bytes never hold it (§6.2). (iperf3 -R -P 4 stops reading
+/// its four data connections at the end and then waits for a small message on its control
+/// connection; under the old rule, session credit returned only as bytes were read, and
+/// that message starved.) `proto/tests/paused_streams.rs` covers up to 1,000 paused streams.
 #[test]
 fn streams_paused_at_full_window_do_not_starve_the_others() {
     let mut pair = pair();

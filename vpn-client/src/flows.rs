@@ -83,6 +83,9 @@ pub struct BridgeStats {
 #[derive(Debug)]
 struct TcpFlow {
     stream: StreamId,
+    /// The app's address and the destination it asked for (for `status`).
+    app: SocketAddr,
+    dst: SocketAddr,
     /// The exit accepted and the app's handshake was completed.
     accepted: bool,
     /// The app sent FIN (every byte before it was read from netstack).
@@ -101,9 +104,11 @@ struct TcpFlow {
 }
 
 impl TcpFlow {
-    fn new(stream: StreamId) -> Self {
+    fn new(stream: StreamId, app: SocketAddr, dst: SocketAddr) -> Self {
         TcpFlow {
             stream,
+            app,
+            dst,
             accepted: false,
             app_fin: false,
             fin_sent: false,
@@ -180,6 +185,21 @@ pub struct FlowCounts {
     pub dns_pending: usize,
 }
 
+/// A TCP flow whose app stopped reading, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PausedFlow {
+    /// The app's address (its local port names the app: `ss -tnp`).
+    pub app: String,
+    /// Where it is connected.
+    pub dst: String,
+    /// Bytes that arrived for it and wait unread.
+    pub held_bytes: u64,
+    /// Credit its stream holds: what waits plus what the exit may still send it.
+    pub credit_bytes: u64,
+    /// Seconds since it last read.
+    pub secs: u64,
+}
+
 fn refusal_for(code: ResetCode) -> Refusal {
     match code {
         ResetCode::PolicyRefused => Refusal::Prohibited,
@@ -218,6 +238,24 @@ impl Bridge {
         }
     }
 
+    /// TCP flows whose app stopped reading (PROTOCOL.md §6.2), most held first: what it
+    /// holds in the tunnel and the credit its stream keeps.
+    pub fn paused(&self, conn: &Connection, now: Instant) -> Vec<PausedFlow> {
+        conn.paused_streams(now)
+            .into_iter()
+            .filter_map(|p| {
+                let flow = self.tcp.get(self.tcp_by_stream.get(&p.id)?)?;
+                Some(PausedFlow {
+                    app: flow.app.to_string(),
+                    dst: flow.dst.to_string(),
+                    held_bytes: p.held,
+                    credit_bytes: p.credit,
+                    secs: now.saturating_duration_since(p.since).as_secs(),
+                })
+            })
+            .collect()
+    }
+
     fn refuses(&mut self, dst: SocketAddr) -> bool {
         let refuse = dst.is_ipv6() && !self.config.exit_has_ipv6;
         self.stats.ipv6_refused += u64::from(refuse);
@@ -237,7 +275,7 @@ impl Bridge {
     ) {
         use netstack::Event as N;
         match (event, conn) {
-            (N::TcpIncoming { id, dst, .. }, conn) => self.tcp_incoming(stack, conn, id, dst),
+            (N::TcpIncoming { id, src, dst }, conn) => self.tcp_incoming(stack, conn, id, src, dst),
             (N::TcpReadable { id } | N::TcpEstablished { id }, Some(conn)) => {
                 self.pump_up(stack, conn, id);
                 self.pump_down(now, stack, conn, id);
@@ -290,6 +328,7 @@ impl Bridge {
         stack: &mut Stack,
         conn: Option<&mut Connection>,
         id: TcpFlowId,
+        src: SocketAddr,
         dst: SocketAddr,
     ) {
         let how = if self.refuses(dst) {
@@ -306,7 +345,7 @@ impl Bridge {
         match opened {
             Ok(sid) => {
                 self.stats.tcp_opened += 1;
-                self.tcp.insert(id, TcpFlow::new(sid));
+                self.tcp.insert(id, TcpFlow::new(sid, src, dst));
                 self.tcp_by_stream.insert(sid, id);
             }
             Err(_) => {

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// Open streams across sessions.
     pub streams: Gauge,
+    /// Streams whose destination stopped reading (PROTOCOL.md §6.2), across sessions.
+    pub paused_streams: Gauge,
+    /// Upload bytes those streams hold unread.
+    pub paused_stream_bytes: Gauge,
+    /// Credit those streams hold: their bytes plus what their clients may still send.
+    pub paused_stream_credit: Gauge,
     /// Attached legs by direction.
     pub legs: Family<DirectionLabel, Gauge>,
     /// Tunnel payload bytes by direction.
@@ -89,6 +95,21 @@ impl Metrics {
             "streams",
             "Open streams across all sessions",
             self.streams.clone(),
+        );
+        r.register(
+            "paused_streams",
+            "Streams whose destination stopped reading for a second or more",
+            self.paused_streams.clone(),
+        );
+        r.register(
+            "paused_stream_bytes",
+            "Upload bytes held unread by paused streams",
+            self.paused_stream_bytes.clone(),
+        );
+        r.register(
+            "paused_stream_credit",
+            "Stream credit held by paused streams (held bytes plus credit not yet used)",
+            self.paused_stream_credit.clone(),
         );
         r.register("legs", "Attached legs by direction", self.legs.clone());
         r.register(
@@ -139,6 +160,8 @@ pub trait SessionAdmin: Send + Sync + 'static {
     fn list_json(&self) -> String;
     /// End a session by id; false if there is no such session.
     fn kick(&self, id: &str) -> bool;
+    /// Bring the gauges that sum over sessions up to date before a scrape.
+    fn refresh(&self, _metrics: &Metrics) {}
 }
 
 /// Shared state of the admin endpoint.
@@ -189,6 +212,7 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             (&Method::GET, "/metrics") => {
+                self.sessions.refresh(&self.metrics);
                 let mut resp = text(StatusCode::OK, &self.metrics.encode());
                 let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
                 resp.headers_mut()

@@ -646,7 +646,10 @@ impl Driver {
         for id in expired {
             self.reset(id, ResetCode::IdleTimeout);
         }
-        lock(&self.status).stats = self.conn.stats();
+        let paused = super::Paused::of(&self.conn.paused_streams(now));
+        let mut status = lock(&self.status);
+        status.stats = self.conn.stats();
+        status.paused = paused;
     }
 
     fn finish(mut self) {

@@ -71,6 +71,36 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Status {
     pub stats: proto::Stats,
+    /// Streams whose destination stopped reading, and what they hold.
+    pub paused: Paused,
+}
+
+/// Paused streams of one session (PROTOCOL.md §6.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Paused {
+    pub streams: usize,
+    /// Bytes held unread.
+    pub held: u64,
+    /// Credit held: those bytes plus what the client may still send.
+    pub credit: u64,
+}
+
+impl Paused {
+    pub fn of(streams: &[proto::PausedStream]) -> Self {
+        Paused {
+            streams: streams.len(),
+            held: streams.iter().map(|p| p.held).sum(),
+            credit: streams.iter().map(|p| p.credit).sum(),
+        }
+    }
+
+    fn add(self, other: Paused) -> Paused {
+        Paused {
+            streams: self.streams + other.streams,
+            held: self.held + other.held,
+            credit: self.credit + other.credit,
+        }
+    }
 }
 
 /// The session store and everything a driver needs that is shared.
@@ -488,19 +518,35 @@ impl SessionAdmin for Hub {
         let items: Vec<String> = sessions
             .iter()
             .map(|(id, e)| {
-                let st = &lock(&e.status).stats;
+                let status = lock(&e.status);
+                let (st, paused) = (&status.stats, status.paused);
                 format!(
-                    "{{\"id\":\"{id}\",\"client\":{:?},\"up_attached\":{},\"down_attached\":{},\"streams\":{},\"bytes_up\":{},\"bytes_down\":{}}}",
+                    "{{\"id\":\"{id}\",\"client\":{:?},\"up_attached\":{},\"down_attached\":{},\"streams\":{},\"bytes_up\":{},\"bytes_down\":{},\"paused_streams\":{},\"paused_bytes\":{},\"paused_credit\":{}}}",
                     e.client.name,
                     st.legs[0].attached,
                     st.legs[1].attached,
                     st.streams,
                     st.legs[0].bytes_rx,
                     down_bytes(st),
+                    paused.streams,
+                    paused.held,
+                    paused.credit,
                 )
             })
             .collect();
         format!("[{}]", items.join(","))
+    }
+
+    fn refresh(&self, metrics: &Metrics) {
+        let sessions = lock(&self.sessions);
+        let (streams, paused) = sessions.values().fold((0, Paused::default()), |(n, p), e| {
+            let status = lock(&e.status);
+            (n + status.stats.streams, p.add(status.paused))
+        });
+        metrics.streams.set(streams as i64);
+        metrics.paused_streams.set(paused.streams as i64);
+        metrics.paused_stream_bytes.set(paused.held as i64);
+        metrics.paused_stream_credit.set(paused.credit as i64);
     }
 
     fn kick(&self, id: &str) -> bool {

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::admin::SessionAdmin;
 use crate::config::Config;
 use crate::keys::encode_key;
 use crate::node::{self, Node};
@@ -594,6 +595,21 @@ async fn a_slow_destination_reader_bounds_exit_memory() {
         "client could push {sent} bytes into a stalled destination"
     );
     assert!(sent > 256 << 10, "nothing flowed: {sent}");
+    // The stream shows as paused, with what it holds, in /sessions and the metrics.
+    c.until(Duration::from_millis(2500), |_| false).await;
+    let list = s.node.hub.list_json();
+    assert!(list.contains("\"paused_streams\":1,"), "{list}");
+    assert!(!list.contains("\"paused_bytes\":0,"), "{list}");
+    s.node.hub.refresh(&s.node.hub.metrics);
+    let metrics = s.node.hub.metrics.encode();
+    assert!(
+        metrics.contains("half_tunnel_exit_paused_streams 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("half_tunnel_exit_paused_stream_bytes 0\n"),
+        "{metrics}"
+    );
     hold.abort();
 }
 

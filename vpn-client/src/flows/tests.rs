@@ -547,9 +547,20 @@ fn a_slow_app_stops_the_exit() {
         "exit wrote {written} bytes to an app that does not read"
     );
     assert!(pair.client.buffered_bytes() <= 256 * 1024);
+    // `status` names the flow whose app stopped reading, and what it holds.
+    let paused = w
+        .bridge
+        .paused(&pair.client, pair.now + proto::PAUSED_AFTER);
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    assert_eq!(paused[0].dst, to4(19).to_string());
+    assert!(paused[0].app.starts_with("172.19.0.1:"), "{paused:?}");
+    assert!(paused[0].held_bytes > 0, "{paused:?}");
+    assert!(paused[0].credit_bytes >= paused[0].held_bytes, "{paused:?}");
     w.app.conns[c].reading = true;
     run(&mut pair, &mut w, |w| w.app.conns[c].recv == len);
     assert!(!w.app.conns[c].corrupt);
+    let later = pair.now + proto::PAUSED_AFTER;
+    assert!(w.bridge.paused(&pair.client, later).is_empty());
 }
 
 fn udp_packet(dst: SocketAddr, sport: u16, payload: &[u8]) -> Vec<u8> {

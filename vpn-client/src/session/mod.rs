@@ -670,9 +670,14 @@ impl Driver {
         let (up_bytes_per_s, down_bytes_per_s) = self.rates(now);
         let counts = self.bridge.counts();
         let rtt = self.conn.as_ref().and_then(|c| c.stats().rtt);
+        let paused = self
+            .conn
+            .as_ref()
+            .map_or(0, |c| c.paused_streams(now).len());
         tracing::info!(
             up_bytes_per_s,
             down_bytes_per_s,
+            paused_flows = paused,
             tcp_flows = counts.tcp,
             udp_flows = counts.udp,
             rtt = ?rtt,

@@ -11,7 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Driver, StatusRequest};
 use crate::backoff::Breaker;
-use crate::flows::{BridgeStats, FlowCounts};
+use crate::flows::{BridgeStats, FlowCounts, PausedFlow};
+
+/// Paused flows listed by the human-readable `status` (JSON has them all).
+const PAUSED_SHOWN: usize = 8;
 
 /// One leg in `status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +136,10 @@ pub struct Status {
     /// Packets from the TUN that were not tunnelled, by reason.
     #[serde(default)]
     pub dropped: DroppedStatus,
+    /// TCP flows whose app stopped reading, most held first (PROTOCOL.md §6.2): they
+    /// hold only their own credit, never the rest of the tunnel.
+    #[serde(default)]
+    pub paused: Vec<PausedFlow>,
     /// Whether the kill switch is on.
     pub kill_switch: bool,
     /// The TUN's offloads.
@@ -219,6 +226,11 @@ impl Driver {
                 expired: ns.dns_expired,
             },
             dropped: DroppedStatus::of(ns),
+            paused: self
+                .conn
+                .as_ref()
+                .map(|c| self.bridge.paused(c, now))
+                .unwrap_or_default(),
             kill_switch: self.kill_switch,
             tun: TunStatus {
                 offload: self.stack.config().tcp_checksum_offload,
@@ -307,9 +319,40 @@ impl Status {
             "tun:         offload {offload}; {} coalesced TCP segments read, {} written",
             self.tun.coalesced_segments, self.tun.coalesced_segments_written
         );
+        self.render_paused(&mut s);
         let ks = if self.kill_switch { "on" } else { "off" };
         let _ = writeln!(s, "kill switch: {ks}");
         s
+    }
+}
+
+impl Status {
+    fn render_paused(&self, s: &mut String) {
+        if self.paused.is_empty() {
+            let _ = writeln!(s, "paused:      none (every app reads its flows)");
+            return;
+        }
+        let held: u64 = self.paused.iter().map(|p| p.held_bytes).sum();
+        let credit: u64 = self.paused.iter().map(|p| p.credit_bytes).sum();
+        let _ = writeln!(
+            s,
+            "paused:      {} flows not read by their apps hold {held} B (credit {credit} B)",
+            self.paused.len()
+        );
+        for p in self.paused.iter().take(PAUSED_SHOWN) {
+            let _ = writeln!(
+                s,
+                "             {} -> {}: {} B unread, credit {} B, for {} s",
+                p.app, p.dst, p.held_bytes, p.credit_bytes, p.secs
+            );
+        }
+        if self.paused.len() > PAUSED_SHOWN {
+            let _ = writeln!(
+                s,
+                "             … {} more (--json lists all)",
+                self.paused.len() - PAUSED_SHOWN
+            );
+        }
     }
 }
 

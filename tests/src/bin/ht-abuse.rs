@@ -21,6 +21,20 @@
 //! * `ht-abuse stall-get ADDR PATH COUNT SECS` — COUNT HTTP GETs of PATH at once, each
 //!   reading 64 KiB of the response and then nothing for SECS (an app that stops reading);
 //!   print `stalled=N` (the ones that got their 64 KiB).
+//! * `ht-abuse pause-get ADDR PATH COUNT READ_BYTES SECS` — COUNT HTTP GETs of PATH at
+//!   once (a body longer than READ_BYTES), each read as fast as it can; once every one has
+//!   read at least READ_BYTES (those ahead keep reading until then, so that all stop at
+//!   the same moment) they all stop reading without closing, and
+//!   `paused=N failed=F secs=T min_mib=A max_mib=B` is printed (flushed at once; A/B: the
+//!   least and most any connection had read); then the sockets are held unread for SECS.
+//!   A connection that has not read its share within 60 s counts as failed.
+//! * `ht-abuse pause-put ADDR COUNT BYTES SECS` — COUNT TCP connections at once, each
+//!   writing up to BYTES as fast as it can; once every connection's writes have been
+//!   blocked for a second (or it wrote everything), `paused=N failed=F writing=0 secs=T
+//!   min_mib=A max_mib=B` is printed (flushed at once; A/B: the least and most any
+//!   connection got written), and the connections are held open, writes still pending, for
+//!   SECS. If they are not all blocked within 60 s the line is printed anyway, `writing=W`
+//!   counting those still moving.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,9 +61,14 @@ async fn main() -> ExitCode {
         }
         ["hold-tcp", addr, count, secs] => hold_tcp(addr, count, secs).await,
         ["stall-get", addr, path, count, secs] => stall_get(addr, path, count, secs).await,
+        ["pause-get", addr, path, count, share, secs] => {
+            pause_get(addr, path, count, share, secs).await
+        }
+        ["pause-put", addr, count, bytes, secs] => pause_put(addr, count, bytes, secs).await,
         _ => Err(
             "usage: ht-abuse conns ADDR MODE COUNT SECS [--tls SNI CA] [--path P] | \
-                  hold-tcp ADDR COUNT SECS | stall-get ADDR PATH COUNT SECS"
+                  hold-tcp ADDR COUNT SECS | stall-get ADDR PATH COUNT SECS | \
+                  pause-get ADDR PATH COUNT READ_BYTES SECS | pause-put ADDR COUNT BYTES SECS"
                 .into(),
         ),
     };
@@ -389,5 +408,186 @@ async fn stall_get(addr: &str, path: &str, count: &str, secs: &str) -> Result<()
         stalled += usize::from(task.await?);
     }
     println!("stalled={stalled}");
+    Ok(())
+}
+
+/// How long `pause-get` waits for a connection to read its share, and `pause-put` for every
+/// connection to be blocked.
+const PAUSE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Print one line and flush it at once (the test waits for it while this process runs on).
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1u64 << 20) as f64)
+}
+
+async fn pause_get(
+    addr: &str,
+    path: &str,
+    count: &str,
+    share: &str,
+    secs: &str,
+) -> Result<(), Error> {
+    let addr: SocketAddr = addr.parse()?;
+    let count: usize = count.parse()?;
+    let share: u64 = share.parse()?;
+    let hold = Duration::from_secs_f64(secs.parse()?);
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Each connection reports once whether it read its share, then how much it read when
+    // it stopped reading.
+    let (reached_tx, mut reached_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    for _ in 0..count {
+        let (path, mut stop) = (path.to_owned(), stop_rx.clone());
+        let (reached, read) = (reached_tx.clone(), read_tx.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let fast = async {
+                let mut conn = TcpStream::connect(addr).await.ok()?;
+                let req =
+                    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                conn.write_all(req.as_bytes()).await.ok()?;
+                let mut got = 0u64;
+                while got < share {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => got += n as u64,
+                    }
+                }
+                Some((conn, got))
+            };
+            let first = tokio::time::timeout(PAUSE_DEADLINE, fast)
+                .await
+                .ok()
+                .flatten();
+            let _ = reached.send(first.is_some());
+            let Some((mut conn, mut got)) = first else {
+                return;
+            };
+            // Ahead of the others: keep reading until every connection has had its share.
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    r = conn.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n as u64,
+                    },
+                }
+            }
+            let _ = read.send(got);
+            // The app stops reading: the connection stays open, nothing is read.
+            tokio::time::sleep(hold).await;
+            drop(conn);
+        });
+    }
+    drop((reached_tx, read_tx));
+    let mut paused = 0;
+    for _ in 0..count {
+        paused += usize::from(reached_rx.recv().await.unwrap_or(false));
+    }
+    let _ = stop_tx.send(true);
+    let secs = started.elapsed().as_secs_f64();
+    let mut read = Vec::new();
+    while read.len() < paused {
+        match tokio::time::timeout(Duration::from_secs(5), read_rx.recv()).await {
+            Ok(Some(got)) => read.push(got),
+            _ => break,
+        }
+    }
+    say(&format!(
+        "paused={paused} failed={} secs={secs:.3} min_mib={} max_mib={}",
+        count - paused,
+        mib(read.iter().copied().min().unwrap_or(0)),
+        mib(read.iter().copied().max().unwrap_or(0)),
+    ));
+    tokio::time::sleep(hold).await;
+    Ok(())
+}
+
+/// A `pause-put` connection's state: connecting, writing (last progress), done or failed.
+const CONNECTING: u64 = 0;
+const DONE: u64 = u64::MAX - 1;
+const FAILED: u64 = u64::MAX;
+
+async fn pause_put(addr: &str, count: &str, bytes: &str, secs: &str) -> Result<(), Error> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    /// A connection whose writes have not moved for this long is blocked.
+    const QUIET: Duration = Duration::from_secs(1);
+    let addr: SocketAddr = addr.parse()?;
+    let count: usize = count.parse()?;
+    let total: u64 = bytes.parse()?;
+    let hold = Duration::from_secs_f64(secs.parse()?);
+    let started = Instant::now();
+    // Per connection: its state (milliseconds since `started` of its last progress, + 1)
+    // and how much it wrote.
+    let state: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
+        (0..count)
+            .map(|_| (AtomicU64::new(CONNECTING), AtomicU64::new(0)))
+            .collect(),
+    );
+    let now_ms = move || started.elapsed().as_millis() as u64 + 1;
+    for i in 0..count {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (progress, sent) = &state[i];
+            let connect = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr));
+            let Ok(Ok(mut conn)) = connect.await else {
+                progress.store(FAILED, Relaxed);
+                return;
+            };
+            progress.store(now_ms(), Relaxed);
+            let chunk: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 + 1) as u8).collect();
+            let mut written = 0u64;
+            while written < total {
+                let n = chunk.len().min((total - written) as usize);
+                match conn.write(&chunk[..n]).await {
+                    Ok(0) | Err(_) => {
+                        progress.store(FAILED, Relaxed);
+                        return;
+                    }
+                    Ok(n) => written += n as u64,
+                }
+                sent.store(written, Relaxed);
+                progress.store(now_ms(), Relaxed);
+            }
+            progress.store(DONE, Relaxed);
+            // Everything written: hold the connection open, as a blocked writer would.
+            std::future::pending::<()>().await;
+        });
+    }
+    let quiet_ms = QUIET.as_millis() as u64;
+    let (paused, failed, writing) = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = now_ms();
+        let (mut paused, mut failed, mut writing) = (0, 0, 0);
+        for (progress, _) in state.iter() {
+            match progress.load(Relaxed) {
+                FAILED => failed += 1,
+                DONE => paused += 1,
+                CONNECTING => writing += 1,
+                last if now.saturating_sub(last) >= quiet_ms => paused += 1,
+                _ => writing += 1,
+            }
+        }
+        if writing == 0 || started.elapsed() >= PAUSE_DEADLINE {
+            break (paused, failed, writing);
+        }
+    };
+    let sent: Vec<u64> = state.iter().map(|(_, sent)| sent.load(Relaxed)).collect();
+    say(&format!(
+        "paused={paused} failed={failed} writing={writing} secs={:.3} min_mib={} max_mib={}",
+        started.elapsed().as_secs_f64(),
+        mib(sent.iter().copied().min().unwrap_or(0)),
+        mib(sent.iter().copied().max().unwrap_or(0)),
+    ));
+    // Hold every connection, blocked writes still pending, for SECS.
+    tokio::time::sleep(hold).await;
     Ok(())
 }

@@ -14,6 +14,11 @@
 //!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
 //! * `ht-probe dns SERVER NAME [udp|tcp [A|AAAA]]` — ask SERVER for NAME's A (or AAAA)
 //!   records, print `rcode=R` and one address per line;
+//! * `ht-probe sink-pause ADDR READ_BYTES [GROUP]` — accept TCP connections and read
+//!   each one until it delivered READ_BYTES and GROUP connections (default 1) have done
+//!   so; then stop reading it and keep it open (a destination that stops reading; runs
+//!   until killed, one line on stderr per connection that reaches its share and per
+//!   connection it stops reading);
 //! * `ht-probe wait ADDR SECS` — retry a TCP connect until it succeeds (exit 1 after SECS);
 //! * `ht-probe ping IP TEXT` — one ICMP/ICMPv6 echo with payload TEXT through a ping
 //!   socket (the namespace's `net.ipv4.ping_group_range` must allow it), print
@@ -43,12 +48,14 @@ fn main() -> ExitCode {
         ["dns", server, name, transport] => dns(server, name, transport),
         ["dns", server, name, transport, "A"] => dns(server, name, transport),
         ["dns", server, name, transport, "AAAA"] => dns_typed(server, name, transport, true),
+        ["sink-pause", addr, share] => sink_pause(addr, share, "1"),
+        ["sink-pause", addr, share, group] => sink_pause(addr, share, group),
         ["wait", addr, secs] => wait(addr, secs),
         ["ping", ip, text] => ping(ip, text),
         _ => Err(
             "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
                   get|body HOST:PORT PATH | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp [A|AAAA]] | \
-                  wait ADDR SECS | ping IP TEXT"
+                  sink-pause ADDR READ_BYTES [GROUP] | wait ADDR SECS | ping IP TEXT"
                 .into(),
         ),
     };
@@ -291,6 +298,44 @@ fn dns_typed(server: &str, name: &str, transport: &str, aaaa: bool) -> Result {
             RData::AAAA(a) => println!("{}", a.0),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+fn sink_pause(addr: &str, share: &str, group: &str) -> Result {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let share: u64 = share.parse()?;
+    let group: usize = group.parse()?;
+    let listener = TcpListener::bind(addr)?;
+    // Connections that delivered their share so far.
+    let reached = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let mut conn = conn?;
+        let reached = reached.clone();
+        std::thread::spawn(move || {
+            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            let mut counted = false;
+            while !(counted && reached.load(Ordering::SeqCst) >= group) {
+                match conn.read(&mut buf) {
+                    // Closed (e.g. a `wait` probe) or reset: nothing to hold.
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n as u64,
+                }
+                if !counted && got >= share {
+                    counted = true;
+                    let n = reached.fetch_add(1, Ordering::SeqCst) + 1;
+                    eprintln!("sink-pause: {peer} delivered {got} bytes ({n}/{group})");
+                }
+            }
+            eprintln!("sink-pause: {peer}: stopped reading after {got} bytes");
+            // Never read again; the connection stays open until the process is killed.
+            loop {
+                std::thread::park();
+            }
+        });
     }
     Ok(())
 }

@@ -154,3 +154,75 @@ impl TestCa {
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
     }
 }
+
+/// A real dnsmasq on 127.0.0.1 (issue 20 §7: "test with a real dnsmasq upstream"), with
+/// `conf` added to a configuration that reads neither `/etc/resolv.conf` nor `/etc/hosts`.
+/// Killed on drop.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    conf: std::path::PathBuf,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.conf);
+    }
+}
+
+impl Dnsmasq {
+    /// Start it; `None` (with a message) when dnsmasq is not installed, except under CI,
+    /// where that is a failure (`.ci/run` installs `dnsmasq-base`).
+    pub fn start(conf: &str) -> Option<Dnsmasq> {
+        let Some(bin) = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "dnsmasq is missing (apt-get install dnsmasq-base)"
+            );
+            eprintln!("SKIPPED: dnsmasq is not installed (apt-get install dnsmasq-base)");
+            return None;
+        };
+        // A free port for both transports: bound once, released, handed to dnsmasq.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        let file =
+            std::env::temp_dir().join(format!("ht-dnsmasq-{}-{port}.conf", std::process::id()));
+        let base = format!(
+            "no-resolv\nno-hosts\nport={port}\nlisten-address=127.0.0.1\nbind-interfaces\n\
+             user=root\n{conf}\n"
+        );
+        std::fs::write(&file, base).expect("write dnsmasq.conf");
+        let child = std::process::Command::new(bin)
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", file.display()))
+            .arg("--pid-file=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Ready once it accepts TCP on its port.
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "dnsmasq did not start on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(Dnsmasq {
+            addr,
+            child,
+            conf: file,
+        })
+    }
+}

@@ -3,15 +3,24 @@
 //!
 //! The client forwards the app's query bytes unchanged; the exit answers with a response
 //! message carrying the same id and question, so the client can inject it as a reply from
-//! the address the app asked. Failures become SERVFAIL, never silence, so apps do not wait
-//! for their own timeout.
+//! the address the app asked. The upstream's outcome is passed on as it is: an answer, an
+//! empty NOERROR (no records of that type) or NXDOMAIN; every failure (SERVFAIL, REFUSED,
+//! any other error code, a timeout) becomes SERVFAIL — never an empty NOERROR, which an app
+//! would take for "this name has no address", and never silence, so apps do not wait for
+//! their own timeout.
+//!
+//! Clients see the public DNS only: the exit's own `/etc/hosts`, its search domains and
+//! `ndots` are never applied to their names.
 
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
 
@@ -38,15 +47,20 @@ pub struct Dns {
 impl Dns {
     /// A resolver for `config`: its upstreams (UDP with TCP fallback), or the system's.
     pub fn new(config: &DnsConfig) -> Result<Dns, DnsError> {
-        let mut builder = if config.upstreams.is_empty() {
-            TokioResolver::builder_tokio().map_err(DnsError::SystemConfig)?
+        let servers = if config.upstreams.is_empty() {
+            // Only the system's name servers: its search domains stay the exit's own.
+            let (system, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(DnsError::SystemConfig)?;
+            ResolverConfig::from_parts(None, vec![], system.name_servers().to_vec())
         } else {
-            TokioResolver::builder_with_config(
-                upstreams(&config.upstreams),
-                TokioConnectionProvider::default(),
-            )
+            upstreams(&config.upstreams)
         };
+        let mut builder =
+            TokioResolver::builder_with_config(servers, TokioConnectionProvider::default());
         let opts: &mut ResolverOpts = builder.options_mut();
+        // Names come from clients: never the exit's /etc/hosts, never a search suffix.
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.ndots = 0;
         opts.cache_size = config.cache_size;
         opts.timeout = config.timeout;
         opts.attempts = 2;
@@ -59,7 +73,17 @@ impl Dns {
 
     /// Resolve a destination host name to addresses (both families).
     pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let lookup = self.resolver.lookup_ip(host).await;
+        // Fully qualified: a client's "intranet" is not looked up under the exit's domain.
+        let name = Name::from_ascii(host)
+            .map(|mut n| {
+                n.set_fqdn(true);
+                n
+            })
+            .map_err(|e| DnsError::Lookup {
+                name: host.to_owned(),
+                source: e.into(),
+            })?;
+        let lookup = self.resolver.lookup_ip(name).await;
         let lookup = lookup.map_err(|source| DnsError::Lookup {
             name: host.to_owned(),
             source,
@@ -93,22 +117,37 @@ impl Dns {
             Ok(lookup) => {
                 response.add_answers(lookup.records().iter().cloned());
             }
-            Err(e) if e.is_no_records_found() => {
-                let code = if e.is_nx_domain() {
-                    ResponseCode::NXDomain
-                } else {
-                    ResponseCode::NoError
-                };
-                response.set_response_code(code);
-                if let Some(soa) = e.into_soa() {
-                    response.add_name_server(soa.into_record_of_rdata());
+            Err(e) => match negative_answer(&e) {
+                // NXDOMAIN or NODATA: the name's real state, with the SOA for caching.
+                Some(code) => {
+                    response.set_response_code(code);
+                    if let Some(soa) = e.into_soa() {
+                        response.add_name_server(soa.into_record_of_rdata());
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream DNS failure");
-                response.set_response_code(ResponseCode::ServFail);
-            }
+                None => {
+                    tracing::debug!(error = %e, "upstream DNS failure");
+                    response.set_response_code(ResponseCode::ServFail);
+                }
+            },
         }
+    }
+}
+
+/// The code of an upstream answer that says something about the name: NXDOMAIN, or
+/// NOERROR without records (NODATA). `None` for failures: hickory reports SERVFAIL, REFUSED
+/// and the other error codes as "no records found" too, with the code they came with.
+fn negative_answer(e: &ResolveError) -> Option<ResponseCode> {
+    match e.proto()?.kind() {
+        ProtoErrorKind::NoRecordsFound { response_code, .. }
+            if matches!(
+                response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError
+            ) =>
+        {
+            Some(*response_code)
+        }
+        _ => None,
     }
 }
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::testutil::{DnsServer, query};
+use crate::testutil::{DnsServer, Dnsmasq, query};
 
 async fn dns_for(server: &DnsServer) -> Dns {
     let config = DnsConfig {
@@ -107,4 +107,108 @@ async fn lookup_ip_resolves_both_families() {
         dns.lookup_ip("nope.example.test.").await,
         Err(DnsError::Lookup { .. })
     ));
+}
+
+fn dns_at(upstream: SocketAddr, timeout: Duration) -> Dns {
+    let config = DnsConfig {
+        upstreams: vec![upstream],
+        cache_size: 64,
+        timeout,
+    };
+    Dns::new(&config).expect("resolver")
+}
+
+/// Issue 20 §7, against a real dnsmasq: the client learns what the upstream said. An
+/// answer, NODATA and NXDOMAIN pass as they are; REFUSED and a timeout become SERVFAIL
+/// (before the fix REFUSED reached the app as an empty NOERROR: a failure shown as "this
+/// name has no address"); and the exit's /etc/hosts is not an answer for clients.
+#[tokio::test]
+async fn the_upstreams_outcome_reaches_the_client_as_it_is() {
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let conf = format!(
+        "local=/ht.test/\nhost-record=www.ht.test,192.0.2.44\n\
+         server=/silent.test/127.0.0.1#{silent_port}"
+    );
+    let Some(dnsmasq) = Dnsmasq::start(&conf) else {
+        return;
+    };
+    let dns = dns_at(dnsmasq.addr, Duration::from_millis(400));
+    let code = |m: &Message| (m.response_code(), m.answers().len());
+
+    let a = ask(&dns, 1, "www.ht.test.", RecordType::A).await;
+    assert_eq!(code(&a), (ResponseCode::NoError, 1));
+    assert_eq!(
+        a.answers()[0].data().ip_addr(),
+        Some("192.0.2.44".parse().unwrap())
+    );
+    let nodata = ask(&dns, 2, "www.ht.test.", RecordType::AAAA).await;
+    assert_eq!(code(&nodata), (ResponseCode::NoError, 0), "NODATA");
+    let nx = ask(&dns, 3, "nope.ht.test.", RecordType::A).await;
+    assert_eq!(code(&nx), (ResponseCode::NXDomain, 0));
+    // dnsmasq has no upstream for other names: it answers REFUSED.
+    let refused = ask(&dns, 4, "www.example.com.", RecordType::A).await;
+    assert_eq!(
+        code(&refused),
+        (ResponseCode::ServFail, 0),
+        "REFUSED upstream"
+    );
+    let timeout = ask(&dns, 5, "www.silent.test.", RecordType::A).await;
+    assert_eq!(
+        code(&timeout),
+        (ResponseCode::ServFail, 0),
+        "a silent upstream"
+    );
+    assert_eq!(timeout.id(), 5);
+    // A name of the exit's own /etc/hosts (not "localhost", which resolvers answer by
+    // themselves, RFC 6761): the upstream refuses it, and so must we.
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let own = hosts
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .find(|n| !n.contains("localhost") && !n.starts_with("ip6-") && n.len() > 1);
+    match own {
+        Some(name) => {
+            let fqdn = format!("{name}.");
+            let leaked = ask(&dns, 6, &fqdn, RecordType::A).await;
+            assert_eq!(
+                code(&leaked),
+                (ResponseCode::ServFail, 0),
+                "/etc/hosts: {name}"
+            );
+            assert!(
+                dns.lookup_ip(name).await.is_err(),
+                "lookup_ip used /etc/hosts: {name}"
+            );
+        }
+        None => eprintln!("/etc/hosts names nothing but localhost: that part is not checked"),
+    }
+    drop(silent);
+}
+
+/// An upstream that answers SERVFAIL: a stand-in of our own, because dnsmasq answers
+/// SERVFAIL only when DNSSEC validation fails, which cannot be staged offline.
+#[tokio::test]
+async fn an_upstream_servfail_is_servfail() {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = response_to(&q);
+            r.set_response_code(ResponseCode::ServFail);
+            let _ = socket.send_to(&r.to_vec().unwrap(), from).await;
+        }
+    });
+    let dns = dns_at(addr, Duration::from_millis(400));
+    let resp = ask(&dns, 9, "www.example.test.", RecordType::A).await;
+    assert_eq!(
+        (resp.id(), resp.response_code(), resp.answers().len()),
+        (9, ResponseCode::ServFail, 0)
+    );
+    task.abort();
 }

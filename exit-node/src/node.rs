@@ -124,6 +124,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
     let limits = SessionLimits {
         proto: proto_settings(config)?,
         max_sessions: config.file.limits.max_sessions,
+        max_sessions_per_client: config.file.limits.max_sessions_per_client.get(),
         handshake_timeout: config.file.limits.handshake_timeout,
         handshakes_per_second: config.file.limits.handshakes_per_second_per_source,
         udp_idle_timeout: config.file.egress.udp_idle_timeout,
@@ -154,6 +155,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         metrics,
         ready: Arc::new(AtomicBool::new(false)),
         sessions: hub.clone(),
+        token: config.admin_token.clone(),
     };
     let listening = server::listen(
         &config.file,

@@ -201,6 +201,7 @@ mod tests {
                 metrics: Metrics::default(),
                 ready: ready.clone(),
                 sessions: Arc::new(NoSessions),
+                token: None,
             };
             let mut listening = listen(&file(shared), Path::new("."), Some(admin), tx, None)
                 .await

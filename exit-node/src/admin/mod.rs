@@ -1,17 +1,21 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and the
 //! session list/kick endpoint (`GET /sessions`, `POST /sessions/<id>/kick`).
 //!
-//! It is meant for loopback or a management network; it has no authentication of its own.
+//! It is meant for loopback or a management network. With `[admin] token_file` every path
+//! but `/healthz` and `/readyz` (which load balancers probe) needs
+//! `Authorization: Bearer <token>`; a listener on anything but loopback must have one (the
+//! config refuses it otherwise), because clients' traffic leaves from this host.
 
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -19,7 +23,48 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+
+/// How long a kick waits for its session to end before answering 202.
+const KICK_WAIT: Duration = Duration::from_secs(3);
+/// The shortest token accepted from `[admin] token_file`.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin listener's bearer token. Never printed.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// The token in `text` (a file's contents, surrounding whitespace ignored); an error
+    /// says why it cannot be one.
+    pub fn parse(text: &str) -> Result<AdminToken, String> {
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the token must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be printable ASCII without spaces".into());
+        }
+        Ok(AdminToken(token.into()))
+    }
+
+    /// Whether `header` is `Bearer <this token>` (compared in constant time).
+    fn admits(&self, header: Option<&HeaderValue>) -> bool {
+        let presented = header
+            .and_then(|h| h.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        bool::from(presented.ct_eq(self.0.as_bytes()))
+    }
+}
 
 /// A leg direction, as a metric label.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -158,8 +203,12 @@ impl Metrics {
 pub trait SessionAdmin: Send + Sync + 'static {
     /// One JSON object per session (id, client name, legs, streams, bytes).
     fn list_json(&self) -> String;
-    /// End a session by id; false if there is no such session.
+    /// Order a session to end by id; false if there is no such session.
     fn kick(&self, id: &str) -> bool;
+    /// Whether the session `id` is still running.
+    fn is_running(&self, _id: &str) -> bool {
+        false
+    }
     /// Bring the gauges that sum over sessions up to date before a scrape.
     fn refresh(&self, _metrics: &Metrics) {}
 }
@@ -173,6 +222,8 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// The session store.
     pub sessions: Arc<dyn SessionAdmin>,
+    /// The bearer token every path but the health checks needs, if configured.
+    pub token: Option<AdminToken>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -193,7 +244,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin.handle(&req)) }
+                async move { Ok::<_, std::convert::Infallible>(admin.handle(&req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service);
@@ -203,8 +254,18 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
 }
 
 impl Admin {
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
+        let health = req.method() == Method::GET && matches!(path, "/healthz" | "/readyz");
+        if let Some(token) = &self.token
+            && !health
+            && !token.admits(req.headers().get(AUTHORIZATION))
+        {
+            let mut resp = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
         match (req.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") if self.ready.load(Ordering::Relaxed) => {
@@ -229,12 +290,30 @@ impl Admin {
                 .strip_prefix("/sessions/")
                 .and_then(|r| r.strip_suffix("/kick"))
             {
-                Some(id) if self.sessions.kick(id) => text(StatusCode::OK, "kicked\n"),
+                Some(id) if self.sessions.kick(id) => self.closed(id).await,
                 Some(_) => text(StatusCode::NOT_FOUND, "no such session\n"),
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+impl Admin {
+    /// After a kick: 200 once the session has ended, 202 if it is still ending after
+    /// `KICK_WAIT` (the order stands; it cannot be lost).
+    async fn closed(&self, id: &str) -> Response<Full<Bytes>> {
+        let deadline = tokio::time::Instant::now() + KICK_WAIT;
+        while self.sessions.is_running(id) {
+            if tokio::time::Instant::now() >= deadline {
+                return text(
+                    StatusCode::ACCEPTED,
+                    "close ordered; the session is still ending\n",
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        text(StatusCode::OK, "closed\n")
     }
 }
 

@@ -13,6 +13,7 @@ use hyper::header::HeaderName;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::admin::AdminToken;
 use crate::keys::{self, KeyError};
 use crate::policy::{Allowances, DEFAULT_BLOCKED_PORTS, EgressPolicy};
 
@@ -261,6 +262,8 @@ impl Default for SessionConfig {
 pub struct LimitsConfig {
     /// Sessions across all clients.
     pub max_sessions: usize,
+    /// Sessions of one client key at once (≥ 1); a newer session ends the key's oldest.
+    pub max_sessions_per_client: NonZeroUsize,
     /// Streams in one session.
     pub max_streams_per_session: usize,
     /// Buffered bytes per session: half is the window for what the exit holds for the
@@ -290,6 +293,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_sessions: 1024,
+            max_sessions_per_client: NonZeroUsize::new(4).expect("4 is not zero"),
             max_streams_per_session: 16384,
             max_buffered_bytes_per_session: 64 << 20,
             handshakes_per_second_per_source: 20,
@@ -306,8 +310,14 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address to bind.
+    /// Address to bind. Anything but loopback needs `token_file`: clients' traffic leaves
+    /// from this host.
     pub address: SocketAddr,
+    /// A file holding the bearer token (at least 16 printable characters) that every path
+    /// but `/healthz` and `/readyz` requires (`Authorization: Bearer <token>`); relative to
+    /// the config file.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Logging.
@@ -347,6 +357,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// The egress policy (without the exit's own addresses, which are found at start-up).
     pub policy: EgressPolicy,
+    /// The admin listener's bearer token (`[admin] token_file`).
+    pub admin_token: Option<AdminToken>,
     /// Everything else, as written.
     pub file: FileConfig,
 }
@@ -381,6 +393,12 @@ impl Config {
             }
         };
         let base = path.parent().unwrap_or(Path::new("."));
+        let admin_token = match &file.admin {
+            Some(admin) => {
+                admin_token(admin, base).map_err(|msg| invalid("admin.token_file", msg))?
+            }
+            None => None,
+        };
         let private_key = keys::read_key_file(&base.join(&file.private_key_file))
             .map_err(key_err("private_key_file".into()))?;
         let mut clients = Vec::with_capacity(file.clients.len());
@@ -423,9 +441,33 @@ impl Config {
             private_key,
             clients,
             policy,
+            admin_token,
             file,
         })
     }
+}
+
+/// The admin token from `admin.token_file`; an admin listener on anything but loopback
+/// without one is refused.
+fn admin_token(admin: &AdminConfig, base: &Path) -> Result<Option<AdminToken>, String> {
+    let Some(file) = &admin.token_file else {
+        if admin.address.ip().is_loopback() {
+            return Ok(None);
+        }
+        return Err(format!(
+            "the admin listener binds {}, which is not loopback, so it needs a bearer token: \
+             set admin.token_file (a file holding at least {} printable characters, e.g. from \
+             `openssl rand -hex 32`) or bind 127.0.0.1 / [::1]",
+            admin.address,
+            crate::admin::MIN_TOKEN_LEN
+        ));
+    };
+    let path = base.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    AdminToken::parse(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn validate_listeners(listen: &ListenConfig) -> Result<(), (&'static str, String)> {

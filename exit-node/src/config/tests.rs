@@ -203,3 +203,39 @@ fn trusted_proxies_are_cidrs_and_the_header_defaults_to_x_forwarded_for() {
         "cf-connecting-ip"
     );
 }
+
+/// Issue 20 §5: the admin listener off loopback needs a bearer token; check-config and the
+/// start refuse it otherwise, naming the key.
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let dir = keydir("admin");
+    let on = |addr: &str, extra: &str| {
+        MINIMAL.to_owned() + &format!("[admin]\naddress = \"{addr}\"\n{extra}")
+    };
+    let local = parse(&dir, &on("127.0.0.1:9090", "")).unwrap();
+    assert!(local.admin_token.is_none());
+    parse(&dir, &on("[::1]:9090", "")).unwrap();
+    for open in ["0.0.0.0:9090", "[::]:9090", "10.40.0.3:9090"] {
+        let err = parse(&dir, &on(open, "")).unwrap_err().to_string();
+        assert!(
+            err.contains("`admin.token_file`") && err.contains("not loopback"),
+            "{open}: {err}"
+        );
+    }
+    std::fs::write(dir.0.join("short.token"), "abc\n").unwrap();
+    let err = parse(&dir, &on("0.0.0.0:9090", "token_file = \"short.token\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 16"), "{err}");
+    let err = parse(&dir, &on("0.0.0.0:9090", "token_file = \"none.token\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read"), "{err}");
+    std::fs::write(dir.0.join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    let config = parse(&dir, &on("0.0.0.0:9090", "token_file = \"admin.token\"\n")).unwrap();
+    assert!(config.admin_token.is_some());
+    assert!(
+        !format!("{config:?}").contains("0123456789abcdef"),
+        "the token leaks into Debug"
+    );
+}

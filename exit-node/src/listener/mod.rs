@@ -1,8 +1,11 @@
 //! The leg listeners: TCP (+ optional TLS) → HTTP/1.1 → WebSocket upgrade on a leg's path.
 //!
 //! The node must look like an ordinary web server to anyone who is not a client: every
-//! request that is not a well-formed WebSocket upgrade on a configured path gets a plain
-//! `404 Not Found` from a real HTTP implementation (hyper) and no protocol bytes. A peer that
+//! request that is not a well-formed WebSocket upgrade gets a plain `404 Not Found` from a
+//! real HTTP implementation (hyper) and no protocol bytes. A WebSocket upgrade is accepted
+//! on every path, and on a path that names no leg (a *decoy*) the session layer answers
+//! exactly as a leg path answers anyone who is not a client, so a prober cannot tell a
+//! leg path from any other (issue 20 §6). A peer that
 //! does not finish TLS and the upgrade within `upgrade_timeout` is disconnected, and one
 //! whose request head is too large gets hyper's `431`; both are counted in `limits_hit`
 //! (`upgrade_timeout`, `upgrade_too_large`).
@@ -80,6 +83,9 @@ pub struct LegSocket {
     /// The session thread whose reactor serves the socket, if it was placed on one
     /// ([`crate::session::SessionThreads`]).
     pub home: Option<usize>,
+    /// The path names no leg: the socket is answered like a leg to anyone who is not a
+    /// client, and never becomes one.
+    pub decoy: bool,
     /// The WebSocket.
     pub ws: LegStream,
 }
@@ -217,11 +223,12 @@ impl Conn {
     }
 
     fn handle(&self, req: Request<Incoming>, tls: bool) -> Response<Full<Bytes>> {
-        let Some(leg) = self.routes.leg_for(req.uri().path()) else {
-            return not_found();
-        };
         let Some(accept) = websocket_accept(&req) else {
             return not_found();
+        };
+        let (leg, decoy) = match self.routes.leg_for(req.uri().path()) {
+            Some(leg) => (leg, false),
+            None => (self.routes.paths.first().map_or(Leg::Up, |p| p.1), true),
         };
         let (peer, sink, max) = (self.peer, self.sink.clone(), self.limits.max_message_size);
         let home = self.home;
@@ -238,6 +245,7 @@ impl Conn {
                 client,
                 tls,
                 home,
+                decoy,
                 ws,
             };
             if sink.try_send(sock).is_err() {

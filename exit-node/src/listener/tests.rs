@@ -85,15 +85,22 @@ async fn plain_get_gets_an_ordinary_404() {
         );
         assert!(resp.contains("<h1>404 Not Found</h1>"), "{resp}");
     }
-    // An upgrade to a path that is not a leg is a 404 too.
+    assert!(server.legs.try_recv().is_err(), "no leg may be produced");
+    // An upgrade to a path that is not a leg is accepted like a leg's (issue 20 §6) and
+    // handed on as a decoy, which the session layer never lets become a leg.
     let upgrade = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    assert!(
-        raw_exchange(server.addr, upgrade.as_bytes())
-            .await
-            .starts_with("HTTP/1.1 404")
-    );
-    assert!(server.legs.try_recv().is_err(), "no leg may be produced");
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let n = tcp.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let sock = tokio::time::timeout(Duration::from_secs(5), server.legs.recv())
+        .await
+        .expect("the decoy is handed on")
+        .expect("a socket");
+    assert!(sock.decoy, "a path that names no leg must be a decoy");
 }
 
 #[tokio::test]
@@ -122,6 +129,7 @@ async fn forwarded_client(server: &mut Server) -> std::net::IpAddr {
     let (_client, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
     assert_eq!(resp.status(), 101);
     let accepted = server.legs.recv().await.unwrap();
+    assert!(!accepted.decoy, "a leg path is not a decoy");
     assert_eq!(accepted.peer.ip(), server.addr.ip());
     accepted.client
 }

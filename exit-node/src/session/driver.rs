@@ -12,12 +12,12 @@ use proto::{
     CloseCode, Connection, Event, LazyDeadline, Read, ResetCode, Scope, StreamId, StreamKind,
     Transmit,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::streams::{Dialed, Flow, MAX_OUTSTANDING, WriterCmd, describe};
-use super::{ClientInfo, Hub, Status, lock};
+use super::{ClientInfo, CloseOrder, Hub, Status, lock};
 use crate::admin::{Direction, DirectionLabel, ReasonLabel};
 use crate::descriptors::{Permit, SessionFds};
 use crate::dial::DialError;
@@ -143,8 +143,15 @@ impl Driver {
     }
 
     /// Run until the session ends.
-    pub async fn run(mut self, mut inbox: mpsc::Receiver<Input>, up: LegSocket) {
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input>,
+        mut close: watch::Receiver<Option<CloseOrder>>,
+        up: LegSocket,
+    ) {
         self.install_leg(up, None);
+        // Until the order arrives (or its sender is gone with the store entry).
+        let mut close_open = true;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // One timer, moved only earlier (see `proto::timer`).
         let timer = tokio::time::sleep_until(Instant::now());
@@ -175,6 +182,14 @@ impl Driver {
                     if let (Ok(permit), Some(t)) = (permit, self.stalled.take()) {
                         self.count_tx(&t);
                         permit.send(Outgoing::Binary(t.payload));
+                    }
+                }
+                changed = close.changed(), if close_open => {
+                    close_open = changed.is_ok();
+                    let order = *close.borrow_and_update();
+                    if let Some((code, reason)) = order {
+                        close_open = false;
+                        self.handle_input(Input::Close(code, reason));
                     }
                 }
                 _ = tick.tick() => self.housekeeping(),

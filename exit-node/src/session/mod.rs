@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::admin::{Metrics, ReasonLabel, SessionAdmin};
@@ -44,6 +44,8 @@ pub struct SessionLimits {
     pub proto: proto::Settings,
     /// Most sessions at once.
     pub max_sessions: usize,
+    /// Most sessions of one client key at once; a newer one ends the oldest.
+    pub max_sessions_per_client: usize,
     /// Deadline for the first message of a leg.
     pub handshake_timeout: Duration,
     /// Handshakes per second per source address.
@@ -65,7 +67,15 @@ struct Entry {
     client: ClientInfo,
     inbox: mpsc::Sender<Input>,
     status: Arc<Mutex<Status>>,
+    /// An order to end the session. Not through `inbox`: a full queue must never lose a
+    /// kick, a revocation or a shutdown.
+    close: watch::Sender<Option<CloseOrder>>,
+    /// When it started (the oldest of a client's sessions makes room for a newer one).
+    started: Instant,
 }
+
+/// Why a session is told to end: the close code and the reason the client is given.
+pub(crate) type CloseOrder = (proto::CloseCode, &'static str);
 
 /// A session's latest counters, published by its driver.
 #[derive(Debug, Clone, Default)]
@@ -178,10 +188,9 @@ impl Hub {
         let mut ended = 0;
         for entry in sessions.values() {
             if removed.contains(&entry.client.key) {
-                let _ = entry.inbox.try_send(Input::Close(
-                    proto::CloseCode::Revoked,
-                    "client key revoked",
-                ));
+                entry
+                    .close
+                    .send_replace(Some((proto::CloseCode::Revoked, "client key revoked")));
                 ended += 1;
             }
         }
@@ -191,8 +200,44 @@ impl Hub {
     /// End every session (graceful shutdown).
     pub fn close_all(&self, code: proto::CloseCode, reason: &'static str) {
         for entry in lock(&self.sessions).values() {
-            let _ = entry.inbox.try_send(Input::Close(code, reason));
+            entry.close.send_replace(Some((code, reason)));
         }
+    }
+
+    /// A new session of `key` is about to start: if the key already holds
+    /// `max_sessions_per_client` sessions not yet told to end, end the oldest ones, so one
+    /// key never takes every slot and a client that restarted is never locked out by its
+    /// own stale sessions.
+    fn make_room_for(&self, client: &ClientInfo) {
+        let sessions = lock(&self.sessions);
+        let mut theirs: Vec<(&Uuid, &Entry)> = sessions
+            .iter()
+            .filter(|(_, e)| e.client.key == client.key && e.close.borrow().is_none())
+            .collect();
+        let cap = self.limits.max_sessions_per_client.max(1);
+        if theirs.len() < cap {
+            return;
+        }
+        theirs.sort_by_key(|(_, e)| e.started);
+        for (id, e) in &theirs[..=theirs.len() - cap] {
+            let order = (
+                proto::CloseCode::Normal,
+                "superseded by a newer session of this client key",
+            );
+            e.close.send_replace(Some(order));
+            self.metrics
+                .limits_hit
+                .get_or_create(&ReasonLabel {
+                    reason: "sessions_per_client",
+                })
+                .inc();
+            tracing::info!(session = %id, client = %client.name, cap, "ending the client's oldest session: limits.max_sessions_per_client reached");
+        }
+    }
+
+    /// Whether session `id` is still in the store.
+    pub fn has_session(&self, id: Uuid) -> bool {
+        lock(&self.sessions).contains_key(&id)
     }
 
     /// Sessions in the store.
@@ -288,6 +333,9 @@ async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
         }
         Err(_) => return hub.reject(sock.peer, sock.leg, "timeout", &"no first message in time"),
     };
+    if sock.decoy {
+        return decoy(hub, sock, first).await;
+    }
     match proto::message::message_type(&first) {
         Ok(proto::message::ty::HANDSHAKE_INIT) if sock.leg == Leg::Up => {
             handshake(hub, sock, first).await
@@ -298,6 +346,26 @@ async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
             sock.leg,
             "bad_first_message",
             &"not a handshake or attach",
+        ),
+    }
+}
+
+/// A path that names no leg got a first message: answer it as a leg path answers anyone who
+/// is not a client — an attach names a session this node does not hold, anything else is
+/// dropped — and never let it become a leg.
+async fn decoy(hub: Arc<Hub>, mut sock: LegSocket, first: Bytes) {
+    let attach = proto::message::message_type(&first) == Ok(proto::message::ty::ATTACH);
+    match proto::message::Attach::decode(&first) {
+        Ok(a) if attach => {
+            let close = Outgoing::Close(CLOSE_UNKNOWN_SESSION, "unknown session");
+            let _ = sock.ws.writer.send(close).await;
+            hub.reject(sock.peer, sock.leg, "unknown_path", &a.session)
+        }
+        _ => hub.reject(
+            sock.peer,
+            sock.leg,
+            "unknown_path",
+            &"a first message on a path that names no leg",
         ),
     }
 }
@@ -427,11 +495,15 @@ fn handshake_reason(e: &proto::Error) -> &'static str {
 fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up: LegSocket) {
     let id = conn.session_id();
     let (tx, rx) = mpsc::channel(1024);
+    let (close, close_rx) = watch::channel(None);
     let status = Arc::new(Mutex::new(Status::default()));
+    hub.make_room_for(&client);
     let entry = Entry {
         client: client.clone(),
         inbox: tx.clone(),
         status: status.clone(),
+        close,
+        started: Instant::now(),
     };
     lock(&hub.sessions).insert(id, entry);
     hub.metrics.sessions.set(hub.session_count() as i64);
@@ -443,7 +515,7 @@ fn start_session(hub: Arc<Hub>, client: ClientInfo, conn: proto::Connection, up:
         async move {
             let fds = hub.descriptors.session();
             let driver = driver::Driver::new(hub.clone(), client, conn, tx, status, fds);
-            driver.run(rx, up).await;
+            driver.run(rx, close_rx, up).await;
             hub.remove(id);
             tracing::info!(session = %id, "session ended");
         }
@@ -515,26 +587,26 @@ impl RateLimiter {
 impl SessionAdmin for Hub {
     fn list_json(&self) -> String {
         let sessions = lock(&self.sessions);
-        let items: Vec<String> = sessions
+        let items: Vec<serde_json::Value> = sessions
             .iter()
             .map(|(id, e)| {
                 let status = lock(&e.status);
                 let (st, paused) = (&status.stats, status.paused);
-                format!(
-                    "{{\"id\":\"{id}\",\"client\":{:?},\"up_attached\":{},\"down_attached\":{},\"streams\":{},\"bytes_up\":{},\"bytes_down\":{},\"paused_streams\":{},\"paused_bytes\":{},\"paused_credit\":{}}}",
-                    e.client.name,
-                    st.legs[0].attached,
-                    st.legs[1].attached,
-                    st.streams,
-                    st.legs[0].bytes_rx,
-                    down_bytes(st),
-                    paused.streams,
-                    paused.held,
-                    paused.credit,
-                )
+                serde_json::json!({
+                    "id": id.to_string(),
+                    "client": e.client.name,
+                    "up_attached": st.legs[0].attached,
+                    "down_attached": st.legs[1].attached,
+                    "streams": st.streams,
+                    "bytes_up": st.legs[0].bytes_rx,
+                    "bytes_down": down_bytes(st),
+                    "paused_streams": paused.streams,
+                    "paused_bytes": paused.held,
+                    "paused_credit": paused.credit,
+                })
             })
             .collect();
-        format!("[{}]", items.join(","))
+        serde_json::Value::Array(items).to_string()
     }
 
     fn refresh(&self, metrics: &Metrics) {
@@ -554,15 +626,17 @@ impl SessionAdmin for Hub {
             return false;
         };
         match lock(&self.sessions).get(&id) {
-            Some(e) => e
-                .inbox
-                .try_send(Input::Close(
-                    proto::CloseCode::Normal,
-                    "closed by the operator",
-                ))
-                .is_ok(),
+            Some(e) => {
+                let order = (proto::CloseCode::Normal, "closed by the operator");
+                e.close.send_replace(Some(order));
+                true
+            }
             None => false,
         }
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        Uuid::parse_str(id).is_ok_and(|id| self.has_session(id))
     }
 }
 

@@ -19,11 +19,14 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::{Input, lock};
 use crate::admin::SessionAdmin;
 use crate::config::Config;
 use crate::keys::encode_key;
 use crate::node::{self, Node};
 use crate::testutil::{DnsServer, TestCa, query};
+use tokio::sync::mpsc;
+use uuid::Uuid;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -946,5 +949,190 @@ async fn without_trusted_proxies_the_header_is_ignored() {
     assert!(
         !handshake_forwarded_for(&s, "198.51.100.2").await,
         "the peer address counts, whatever the header says"
+    );
+}
+
+/// Issue 20 §5: an order to end a session is never lost, even when the session's inbox is
+/// full (before, kicks, revocations and shutdown used `try_send` on it and were dropped),
+/// and `/sessions` stays valid JSON whatever the client's name holds.
+#[tokio::test]
+async fn kicks_and_revocations_hold_with_a_full_inbox_and_sessions_is_valid_json() {
+    let s = setup("").await;
+    // A client name with quotes, a backslash and control characters.
+    let mut config = Config::load(&s.dir.join("exit-node.toml")).unwrap();
+    let evil = "evil\"\\\u{1}\n\u{7f}name";
+    config.clients[0].name = evil.to_owned();
+    s.node.reload(&config).unwrap();
+    let mut c = Client::connect(&s).await;
+    c.until(Duration::from_millis(50), |_| false).await;
+    let list: serde_json::Value = serde_json::from_str(&s.node.hub.list_json()).expect("JSON");
+    assert_eq!(list[0]["client"], evil, "{list}");
+    let id: Uuid = list[0]["id"].as_str().unwrap().parse().unwrap();
+
+    // Keep the inbox full while the key is revoked.
+    let inbox = lock(&s.node.hub.sessions)[&id].inbox.clone();
+    let flood = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut full = 0u64;
+        while start.elapsed() < Duration::from_secs(3) {
+            match inbox.try_send(Input::DnsAnswer { id: 0, msg: None }) {
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    full += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+                Ok(()) => {}
+            }
+        }
+        full
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    config.clients.clear();
+    assert_eq!(s.node.reload(&config).unwrap(), 1);
+    let closed = c
+        .until(Duration::from_secs(5), |e| {
+            matches!(e, Event::Closed { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            closed,
+            Some(Event::Closed {
+                code: proto::CloseCode::Revoked,
+                ..
+            })
+        ),
+        "the revocation was lost: {closed:?}"
+    );
+    let full = flood.await.unwrap();
+    eprintln!("the inbox was found full {full} times during the revocation");
+    assert!(full > 0, "the flood never filled the inbox");
+}
+
+/// What a prober sees on one connection: what came back, and when (a class, not a time).
+async fn probe_answer(
+    addr: SocketAddr,
+    path: &str,
+    send: Option<Message>,
+) -> (String, &'static str) {
+    let mut ws = ws_plain(addr, path).await;
+    let start = std::time::Instant::now();
+    if let Some(m) = send {
+        ws.send(m).await.unwrap();
+    }
+    let what = match tokio::time::timeout(Duration::from_secs(6), ws.next()).await {
+        Err(_) => "still open".to_owned(),
+        Ok(None) => "closed".to_owned(),
+        Ok(Some(Ok(Message::Close(Some(f))))) => format!("close {}", u16::from(f.code)),
+        Ok(Some(Ok(Message::Close(None)))) => "close without code".to_owned(),
+        Ok(Some(Ok(m))) => format!("a {} message", if m.is_text() { "text" } else { "binary" }),
+        Ok(Some(Err(e))) => format!("{}", e).split(':').next().unwrap_or("").to_owned(),
+    };
+    let when = match start.elapsed() {
+        t if t < Duration::from_millis(500) => "at once",
+        t if t < Duration::from_secs(3) => "after the first-message deadline",
+        _ => "later",
+    };
+    (what, when)
+}
+
+/// Issue 20 §6, from a prober's side: on a leg path and on a path that names no leg, a
+/// WebSocket upgrade, garbage, text, a well-formed attach to a session nobody has, and
+/// silence all get the same answer in the same timing class; a plain GET gets the same 404.
+#[tokio::test]
+async fn a_prober_cannot_tell_a_leg_path_from_any_other() {
+    let s = setup_with("", "handshake_timeout = \"1s\"").await;
+    let up = s.node.listening.up;
+    let attach = proto::message::Attach {
+        version: proto::VERSION,
+        session: Uuid::new_v4(),
+        leg: proto::Leg::Up,
+        seq: 1,
+        next: 0,
+        mac: [7; 32],
+    }
+    .encode();
+    let probes: Vec<(&str, Option<Message>)> = vec![
+        (
+            "garbage",
+            Some(Message::Binary(
+                vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3].into(),
+            )),
+        ),
+        ("text", Some(Message::Text("hello".into()))),
+        ("an attach", Some(Message::Binary(attach.to_vec().into()))),
+        ("silence", None),
+    ];
+    for (what, probe) in probes {
+        let leg = probe_answer(up, "/u", probe.clone()).await;
+        let other = probe_answer(up, "/static/app.js", probe).await;
+        eprintln!("{what}: leg path {leg:?}, other path {other:?}");
+        assert_eq!(leg, other, "{what} tells the leg path apart");
+        assert_ne!(leg.1, "later", "{what}: {leg:?}");
+    }
+    // The upgrade itself: both paths answer 101 with nothing of ours in the headers.
+    for path in ["/u", "/static/app.js"] {
+        let mut tcp = TcpStream::connect(up).await.unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 512];
+        let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut head)
+            .await
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{path}: {head}");
+    }
+}
+
+/// Issue 20 §2 (sessions), from the side of a client key that opens session after
+/// session: it never holds more than `max_sessions_per_client`; the oldest is ended with a
+/// reason, the newer ones keep working, and the limit is counted.
+#[tokio::test]
+async fn one_client_key_holds_at_most_its_share_of_sessions() {
+    let s = setup_with("", "max_sessions_per_client = 2").await;
+    let mut first = Client::connect(&s).await;
+    let mut second = Client::connect(&s).await;
+    first.until(Duration::from_millis(50), |_| false).await;
+    let mut third = Client::connect(&s).await;
+    let closed = first
+        .until(Duration::from_secs(5), |e| {
+            matches!(e, Event::Closed { .. })
+        })
+        .await;
+    match closed {
+        Some(Event::Closed {
+            code: proto::CloseCode::Normal,
+            reason,
+            remote: true,
+        }) => assert!(reason.contains("newer session"), "{reason}"),
+        other => panic!("the oldest session was not ended: {other:?}"),
+    }
+    for (i, c) in [&mut second, &mut third].into_iter().enumerate() {
+        let id = 100 + i as u32;
+        c.conn
+            .send_dns_query(id, query(7, "www.example.test.", RecordType::A).into())
+            .unwrap();
+        let answered = c
+            .until(
+                Duration::from_secs(5),
+                |e| matches!(e, Event::DnsResponse { id: got, .. } if *got == id),
+            )
+            .await;
+        assert!(answered.is_some(), "session {} stopped working", i + 2);
+    }
+    for _ in 0..100 {
+        if s.node.hub.session_count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.node.hub.session_count(), 2);
+    let metrics = s.node.hub.metrics.encode();
+    assert!(
+        metrics.contains("limits_hit_total{reason=\"sessions_per_client\"} 1"),
+        "{metrics}"
     );
 }

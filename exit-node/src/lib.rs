@@ -15,5 +15,6 @@ pub mod node;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod state;
 #[cfg(test)]
 pub(crate) mod testutil;

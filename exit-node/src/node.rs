@@ -31,6 +31,9 @@ pub enum NodeError {
     /// The session threads could not be started.
     #[error("starting the session threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// The state directory.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// A limit is outside what the protocol allows.
     #[error("limits.{key}: {message}")]
     Limit {
@@ -140,6 +143,8 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
     }
     let budget = Budget::new(soft_limit, config.file.limits.max_dest_sockets_per_session);
     let threads = Arc::new(session_threads(config)?);
+    let (replay, marks) =
+        crate::state::ReplayStore::open(&config_dir.join(&config.file.runtime.state_dir))?;
     let hub = Hub::new(
         config.private_key,
         &config.clients,
@@ -149,6 +154,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         metrics.clone(),
         Some(threads.clone()),
     );
+    hub.persist_replay_marks(Arc::new(replay), &marks);
     let (legs_tx, legs_rx) = mpsc::channel(256);
     let mut tasks = vec![tokio::spawn(session::serve(hub.clone(), legs_rx))];
     let admin = Admin {

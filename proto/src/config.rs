@@ -48,6 +48,9 @@ pub struct Settings {
     pub idle_ttl: Duration,
     /// Exit: how far in the future a handshake timestamp may be.
     pub max_future_skew: Duration,
+    /// Exit: how far in the past a handshake timestamp may be (an init archived longer
+    /// than this is refused even by an exit that forgot the client's newest timestamp).
+    pub max_past_skew: Duration,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             ack_delay: Duration::from_millis(5),
             idle_ttl: Duration::from_secs(300),
             max_future_skew: Duration::from_secs(120),
+            max_past_skew: Duration::from_secs(120),
         }
     }
 }

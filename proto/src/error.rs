@@ -61,6 +61,13 @@ pub enum Error {
         /// How far ahead, in whole seconds.
         ahead_secs: u64,
     },
+    /// The handshake timestamp is too far behind this host's clock (an archived message,
+    /// or a client clock that is wrong).
+    #[error("handshake timestamp is {behind_secs} s in the past")]
+    PastTimestamp {
+        /// How far behind, in whole seconds.
+        behind_secs: u64,
+    },
     /// The peer speaks a protocol version we do not.
     #[error("protocol version {offered} is not supported (supported: {supported:?})")]
     UnsupportedVersion {

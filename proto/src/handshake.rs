@@ -348,6 +348,29 @@ impl Acceptor {
         acceptor
     }
 
+    /// The newest accepted handshake timestamp of every allowed client key that has one:
+    /// what an exit persists so that a restart does not reopen old inits to replay (§3.3).
+    pub fn replay_marks(&self) -> Vec<([u8; 32], u64)> {
+        let mut marks: Vec<_> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.newest > 0)
+            .map(|(k, e)| (*k, e.newest))
+            .collect();
+        marks.sort_unstable();
+        marks
+    }
+
+    /// Raise the newest timestamps of allowed keys to persisted `marks` (keys no longer
+    /// allowed are ignored; a mark never lowers what is known).
+    pub fn restore_replay_marks(&mut self, marks: &[([u8; 32], u64)]) {
+        for (key, mark) in marks {
+            if let Some(e) = self.clients.get_mut(key) {
+                e.newest = e.newest.max(*mark);
+            }
+        }
+    }
+
     /// Replace the allow-list (config reload). Returns the keys that were removed, whose
     /// sessions the caller must end. Newest timestamps of kept keys are kept.
     pub fn set_clients(&mut self, clients: &[AllowedClient]) -> Vec<[u8; 32]> {
@@ -483,6 +506,13 @@ impl Acceptor {
 fn check_timestamp(ts: u64, newest: u64, unix_now: Duration, s: &Settings) -> Result<(), Error> {
     if ts <= newest {
         return Err(Error::StaleTimestamp);
+    }
+    let oldest = unix_now.saturating_sub(s.max_past_skew).as_nanos();
+    if u128::from(ts) < oldest {
+        let behind = unix_now.saturating_sub(Duration::from_nanos(ts));
+        return Err(Error::PastTimestamp {
+            behind_secs: behind.as_secs(),
+        });
     }
     let limit = unix_now.saturating_add(s.max_future_skew).as_nanos();
     if u128::from(ts) > limit {

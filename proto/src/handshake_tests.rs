@@ -184,3 +184,56 @@ fn cipher_choice_follows_the_exit_preference_within_the_client_set() {
         Cipher::ChaCha20Poly1305
     );
 }
+
+/// Issue 20 §4: an init archived by a relay cannot be replayed after the exit restarts —
+/// the newest timestamp per key is exported and restored (`replay_marks`), and an init
+/// older than `max_past_skew` is refused even by an exit that lost them.
+#[test]
+fn archived_inits_are_refused_after_a_restart_and_past_the_window() {
+    let (cpriv, cpub) = generate_keypair();
+    let (epriv, epub) = generate_keypair();
+    let allowed = [AllowedClient {
+        public_key: cpub,
+        psk: None,
+    }];
+    let client = ClientConfig {
+        private_key: cpriv,
+        exit_public_key: epub,
+        psk: None,
+        settings: Settings::default(),
+    };
+    let (now, unix) = (Instant::now(), Duration::from_secs(1_800_000_000));
+    let at = |plus_secs: i64| (unix.as_nanos() as i64 + plus_secs * 1_000_000_000) as u64;
+    let mut exit = Acceptor::new(epriv, &allowed, Settings::default());
+    assert!(exit.replay_marks().is_empty());
+    // The relay archives `first` and lets a newer init through.
+    let (_, first) = ClientHandshake::start(&client, at(-10)).unwrap();
+    let (_, second) = ClientHandshake::start(&client, at(0)).unwrap();
+    assert!(exit.accept(now, unix, &second).is_ok());
+    let marks = exit.replay_marks();
+    assert_eq!(marks, vec![(cpub, at(0))]);
+
+    // A restarted exit that forgot: the archived init would open a session.
+    let mut forgetful = Acceptor::new(epriv, &allowed, Settings::default());
+    assert!(forgetful.accept(now, unix, &first).is_ok(), "control");
+    // One that restored the marks refuses it (after the cheap checks, before any state).
+    let mut restarted = Acceptor::new(epriv, &allowed, Settings::default());
+    restarted.restore_replay_marks(&marks);
+    assert_eq!(
+        restarted.accept(now, unix, &first).unwrap_err(),
+        Error::StaleTimestamp
+    );
+    // A mark never lowers what is known, and unknown keys are ignored.
+    restarted.restore_replay_marks(&[(cpub, 1), ([9; 32], u64::MAX)]);
+    assert_eq!(restarted.replay_marks(), marks);
+
+    // Without any mark, an init older than max_past_skew (120 s) is refused.
+    let (_, archived) = ClientHandshake::start(&client, at(-600)).unwrap();
+    let mut fresh = Acceptor::new(epriv, &allowed, Settings::default());
+    assert_eq!(
+        fresh.accept(now, unix, &archived).unwrap_err(),
+        Error::PastTimestamp { behind_secs: 600 }
+    );
+    let (_, recent) = ClientHandshake::start(&client, at(-100)).unwrap();
+    assert!(fresh.accept(now, unix, &recent).is_ok());
+}

@@ -404,11 +404,15 @@ upstreams = ["{inet}:53"]
 [admin]
 address = "127.0.0.1:9090"
 
+[runtime]
+state_dir = "{state}"
+
 [log]
 # Also refreshes the open-streams gauge of /metrics that the memory figure reads.
 stats_interval = "1s"
 "#,
         key = t.file("exit.key"),
+        state = t.file("exit-state"),
         inet_net = addr::INET_NET,
         inet = addr::INET,
     );

@@ -566,10 +566,14 @@ upstreams = ["{inet}:53"]
 [admin]
 address = "127.0.0.1:{admin}"
 
+[runtime]
+state_dir = "{state}"
+
 [log]
 stats_interval = "5s"
 {extra}"#,
             extra = self.exit_extra,
+            state = self.file("exit-state"),
             egress_extra = self.exit_egress_extra,
             key = self.file("exit.key"),
             up = addr::EXIT_UP,

@@ -82,10 +82,14 @@ pub struct FileConfig {
     pub runtime: RuntimeConfig,
 }
 
-/// The async runtime.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The async runtime and the state kept across restarts.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
+    /// Where the node keeps state across restarts (the newest handshake timestamp per
+    /// client key, so archived handshakes cannot be replayed after a restart); created
+    /// private (0700) if missing; relative to the config file.
+    pub state_dir: PathBuf,
     /// Worker threads of the main runtime (the listeners' accept loops, admin); absent:
     /// one per CPU.
     pub worker_threads: Option<NonZeroUsize>,
@@ -93,6 +97,16 @@ pub struct RuntimeConfig {
     /// one, and a session runs with all its tasks on its up leg's thread; absent: one per
     /// CPU.
     pub session_threads: Option<NonZeroUsize>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            state_dir: PathBuf::from("/var/lib/half-tunnel"),
+            worker_threads: None,
+            session_threads: None,
+        }
+    }
 }
 
 /// The up and down leg listeners.

@@ -116,6 +116,8 @@ impl Paused {
 /// The session store and everything a driver needs that is shared.
 pub struct Hub {
     acceptor: Mutex<proto::Acceptor>,
+    /// Where accepted handshakes' timestamps are persisted (set at start).
+    replay: std::sync::OnceLock<Arc<crate::state::ReplayStore>>,
     clients: RwLock<HashMap<[u8; 32], String>>,
     sessions: Mutex<HashMap<Uuid, Entry>>,
     dialer: RwLock<Arc<Dialer>>,
@@ -167,6 +169,7 @@ impl Hub {
         let acceptor = proto::Acceptor::new(private_key, &allowed(clients), limits.proto.clone());
         Arc::new(Hub {
             acceptor: Mutex::new(acceptor),
+            replay: std::sync::OnceLock::new(),
             clients: RwLock::new(names(clients)),
             sessions: Mutex::new(HashMap::new()),
             dialer: RwLock::new(Arc::new(dialer)),
@@ -232,6 +235,32 @@ impl Hub {
                 })
                 .inc();
             tracing::info!(session = %id, client = %client.name, cap, "ending the client's oldest session: limits.max_sessions_per_client reached");
+        }
+    }
+
+    /// Restore persisted replay `marks` and persist every accepted handshake's timestamp
+    /// to `store` from now on (PROTOCOL.md §3.3).
+    pub fn persist_replay_marks(
+        &self,
+        store: Arc<crate::state::ReplayStore>,
+        marks: &[([u8; 32], u64)],
+    ) {
+        lock(&self.acceptor).restore_replay_marks(marks);
+        let _ = self.replay.set(store);
+    }
+
+    /// Write the acceptor's marks before a handshake is answered. A failure is logged and
+    /// the handshake still answered: refusing every client over a full disk would be worse
+    /// than the replay window it leaves (bounded by `max_past_skew`).
+    async fn save_replay_marks(self: &Arc<Self>) {
+        let Some(store) = self.replay.get().cloned() else {
+            return;
+        };
+        let hub = self.clone();
+        match tokio::task::spawn_blocking(move || store.save(&hub.acceptor)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot persist the handshake replay marks"),
+            Err(e) => tracing::error!(error = %e, "persisting the handshake replay marks failed"),
         }
     }
 
@@ -433,7 +462,11 @@ async fn handshake(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
     }
     let outcome = lock(&hub.acceptor).accept(Instant::now(), unix_now(), &msg);
     let accepted = match outcome {
-        Ok(proto::Accept::Session(a)) => a,
+        Ok(proto::Accept::Session(a)) => {
+            // Before the answer: a restart must not reopen this init to a replay.
+            hub.save_replay_marks().await;
+            a
+        }
         Ok(proto::Accept::Refuse(reply)) => {
             sock.ws.writer.push(Outgoing::Binary(reply));
             let _ = sock
@@ -487,6 +520,7 @@ fn handshake_reason(e: &proto::Error) -> &'static str {
         proto::Error::UnknownClient => "unknown_client",
         proto::Error::StaleTimestamp => "stale_timestamp",
         proto::Error::FutureTimestamp { .. } => "future_timestamp",
+        proto::Error::PastTimestamp { .. } => "past_timestamp",
         proto::Error::HandshakeCrypto => "crypto",
         _ => "malformed",
     }

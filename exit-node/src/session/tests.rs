@@ -103,6 +103,8 @@ handshakes_per_second_per_source = {handshake_rate}
 {limits}
 [log]
 stats_interval = "0s"
+[runtime]
+state_dir = "state"
 "#,
         encode_key(&client_public),
         dns.addr
@@ -1134,5 +1136,39 @@ async fn one_client_key_holds_at_most_its_share_of_sessions() {
     assert!(
         metrics.contains("limits_hit_total{reason=\"sessions_per_client\"} 1"),
         "{metrics}"
+    );
+}
+
+/// Issue 20 §4, from a relay's side: it archives a client's handshake init (withholding
+/// it), lets a newer one through, and replays the archived one after the exit restarted.
+/// The restarted exit read the newest timestamp from its state directory and answers
+/// nothing; a genuine new handshake still works.
+#[tokio::test]
+async fn an_archived_handshake_is_refused_after_a_restart() {
+    let s = setup("").await;
+    let cfg = client_config(&s);
+    let (_, archived) = ClientHandshake::start(&cfg, timestamp()).unwrap();
+    let _newer = Client::connect(&s).await;
+    // The exit restarts: a new node on the same config and state directory.
+    let config = Config::load(&s.dir.join("exit-node.toml")).unwrap();
+    let restarted = node::start(&config, &s.dir).await.unwrap();
+    let mut ws = ws_plain(restarted.listening.up, "/u").await;
+    ws.send(Message::Binary(archived)).await.unwrap();
+    assert_eq!(
+        next_binary(&mut ws).await,
+        None,
+        "the archived init was answered"
+    );
+    let metrics = restarted.hub.metrics.encode();
+    assert!(
+        metrics.contains("handshakes_rejected_total{reason=\"stale_timestamp\"} 1"),
+        "{metrics}"
+    );
+    let (_, fresh) = ClientHandshake::start(&cfg, timestamp()).unwrap();
+    let mut ws = ws_plain(restarted.listening.up, "/u").await;
+    ws.send(Message::Binary(fresh)).await.unwrap();
+    assert!(
+        next_binary(&mut ws).await.is_some(),
+        "a new handshake is answered"
     );
 }

@@ -438,7 +438,10 @@ impl Driver {
             Failure::Network
         };
         let why = if handshaking {
-            format!("{why} during the handshake (is this client's key on the exit's allow-list?)")
+            format!(
+                "{why} during the handshake (is this client's key on the exit's allow-list, \
+                 and is this machine's clock within 2 minutes of the exit's?)"
+            )
         } else {
             why.to_string()
         };

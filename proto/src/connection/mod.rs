@@ -315,6 +315,9 @@ pub struct Connection {
     rtt: Rtt,
     state: State,
     stats: Stats,
+    /// Bytes of the record being processed: a `Data` payload smaller than half of it is
+    /// copied out instead of pinning the record's buffer (§6.2).
+    rx_record_len: usize,
 }
 
 impl Connection {
@@ -375,6 +378,7 @@ impl Connection {
             rtt: Rtt::default(),
             state: State::Open,
             stats: Stats::default(),
+            rx_record_len: 0,
             settings,
             negotiated,
         }
@@ -693,6 +697,7 @@ impl Connection {
         l.last_rx = Some(now);
         l.records_rx += 1;
         l.bytes_rx += msg.len() as u64;
+        self.rx_record_len = msg.len();
         let plain = msg
             .freeze()
             .slice(RECORD_HEADER_LEN..RECORD_HEADER_LEN + plain_len);
@@ -848,6 +853,13 @@ impl Connection {
             return Err(Error::FlowControl("stream"));
         }
         if !data.is_empty() {
+            // A slice keeps its whole record buffer alive while only its length is charged
+            // to credit: a payload smaller than half its record is copied out, so what the
+            // held bytes pin is at most twice their number (§6.2).
+            let data = match data.len() * 2 < self.rx_record_len {
+                true => Bytes::copy_from_slice(&data),
+                false => data,
+            };
             s.recv.chunks.push_back(data);
             s.recv.waiting_since.get_or_insert(now);
         }
@@ -1283,6 +1295,18 @@ impl Connection {
             return Ok(false);
         }
         Ok(self.tx.push(&frame, &mut self.ack))
+    }
+
+    /// Queue up to `len` bytes of `Padding` in the open record (at most what it has room
+    /// for and what the send budget allows): hides the size of what the record carries.
+    /// Not ack-eliciting. Returns the bytes queued.
+    pub fn pad(&mut self, len: usize) -> Result<usize, Error> {
+        self.check_open()?;
+        let n = len.min(self.tx.room()).min(self.write_budget());
+        if n > 0 {
+            self.tx.push(&Frame::Padding(n), &mut self.ack);
+        }
+        Ok(n)
     }
 
     /// Send a datagram on a UDP stream. `Ok(false)`: dropped, the session is over budget.

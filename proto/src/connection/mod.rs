@@ -24,6 +24,11 @@ use tx::{AckState, Tx};
 /// Budget an answer to the peer needs: the frame, an `Ack` and a record's overhead.
 const CONTROL_RESERVE: usize = 64;
 
+/// How far answers to the peer's own requests (an `Accept` or `Reset` for each `Open`) may
+/// take the send buffer past the send budget before a peer that does not acknowledge them
+/// is a protocol violation (§10).
+const CONTROL_ALLOWANCE: usize = 1 << 20;
+
 /// Acknowledge at once after this many ack-eliciting records.
 pub(crate) const ACK_EVERY: u32 = 4;
 
@@ -804,6 +809,11 @@ impl Connection {
             return self.violation("stream id not increasing");
         }
         self.highest_peer_stream = id.0;
+        // Every open costs an answer (Accept or Reset) queued outside the budget: a peer
+        // that keeps opening without acknowledging them must not grow our queue (§10).
+        if self.tx.pending_bytes() > self.send_cap() + CONTROL_ALLOWANCE {
+            return self.violation("opens streams without acknowledging the answers");
+        }
         if self.streams.len() >= self.settings.max_streams as usize {
             if self.write_budget() < CONTROL_RESERVE {
                 return self.violation("opens streams past the limit without acknowledging");

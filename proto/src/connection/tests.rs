@@ -589,3 +589,63 @@ fn reset_reaches_the_other_side_and_frees_the_stream() {
     );
     assert!(!pair.client.has_stream(id) && !pair.exit.has_stream(id));
 }
+
+/// Issue 20 §2 ("control frames"), from a hostile client's side: it opens stream after
+/// stream to destinations the exit refuses, and never acknowledges the exit's records (the
+/// relay drops everything towards the client). Each refusal is a `Reset` queued outside
+/// the send budget; the exit's queue stays bounded and the session ends as a violation.
+#[test]
+fn opens_without_acknowledgements_cannot_grow_the_exits_queue() {
+    let small = Settings {
+        stream_window: 4096,
+        session_window: 8192,
+        ..Settings::default()
+    };
+    let mut pair = Pair::new(PairConfig {
+        client: small.clone(),
+        exit: small,
+        ..PairConfig::default()
+    })
+    .expect("handshake");
+    pair.set_tamper(|_, dir, _| match dir {
+        Dir::ToClient => Verdict::Drop,
+        Dir::ToExit => Verdict::Pass,
+    });
+    let mut opens = 0u64;
+    let mut most = 0usize;
+    while opens < 1_000_000 && !pair.exit.is_closed() {
+        for _ in 0..5_000 {
+            let dest = Destination::Addr(([192, 0, 2, 1], 9).into());
+            if pair.client.open_stream(StreamKind::Tcp, dest).is_err() {
+                break;
+            }
+            opens += 1;
+        }
+        pair.run(&mut Refuser, Duration::from_millis(20), |_| false)
+            .ok();
+        most = most.max(pair.exit.buffered_bytes());
+    }
+    eprintln!("{opens} opens; the exit's queue peaked at {most} bytes");
+    assert!(
+        pair.exit.is_closed(),
+        "the session survived {opens} unacknowledged opens"
+    );
+    let bound = 8192 + 2 * 65_600 + CONTROL_ALLOWANCE + 65_600;
+    assert!(
+        most <= bound,
+        "the exit queued {most} bytes (bound {bound})"
+    );
+}
+
+/// The exit's app of the test above: it refuses every stream.
+struct Refuser;
+
+impl crate::sim::App for Refuser {
+    fn poll(&mut self, _: Instant, _: &mut Connection, _: &mut Connection) {}
+    fn client_event(&mut self, _: Instant, _: &mut Connection, _: Event) {}
+    fn exit_event(&mut self, _: Instant, conn: &mut Connection, event: Event) {
+        if let Event::StreamOpened { id, .. } = event {
+            let _ = conn.reset_stream(id, ResetCode::PolicyRefused);
+        }
+    }
+}

@@ -124,16 +124,17 @@ pub fn proto_settings(config: &Config) -> Result<proto::Settings, NodeError> {
 /// Start everything `config` describes; `config_dir` anchors relative file names.
 pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError> {
     let metrics = Metrics::default();
+    // Without a readable limit, assume the usual default soft limit.
+    let soft_limit = descriptors::raise_nofile_limit().unwrap_or(1024);
     let limits = SessionLimits {
         proto: proto_settings(config)?,
         max_sessions: config.file.limits.max_sessions,
         max_sessions_per_client: config.file.limits.max_sessions_per_client.get(),
+        max_dns_queries: crate::dns::max_queries_per_node(Budget::reserve(soft_limit)),
         handshake_timeout: config.file.limits.handshake_timeout,
         handshakes_per_second: config.file.limits.handshakes_per_second_per_source,
         udp_idle_timeout: config.file.egress.udp_idle_timeout,
     };
-    // Without a readable limit, assume the usual default soft limit.
-    let soft_limit = descriptors::raise_nofile_limit().unwrap_or(1024);
     if let Some(warning) = leg_descriptors_warning(config.file.limits.max_sessions, soft_limit) {
         tracing::warn!(
             max_sessions = config.file.limits.max_sessions,

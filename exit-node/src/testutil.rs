@@ -12,6 +12,7 @@ use tokio::net::UdpSocket;
 ///
 /// Names: `www` (A 192.0.2.10, AAAA 2001:db8::10, TXT "hello"), `private` (A 10.0.0.5),
 /// `loop` (A 127.0.0.1), `meta` (A 169.254.169.254), `echo` (A/AAAA given at start).
+/// Names under `silent.example.test` get no answer at all (an upstream that times out).
 /// Anything else is NXDOMAIN with the zone's SOA.
 #[derive(Debug)]
 pub struct DnsServer {
@@ -39,6 +40,10 @@ impl DnsServer {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
+                let silent = n_of(&query).is_some_and(|q| q.ends_with("silent.example.test."));
+                if silent {
+                    continue;
+                }
                 if let Ok(bytes) = answer(&query, &echo_addrs).to_vec() {
                     let _ = socket.send_to(&bytes, from).await;
                 }
@@ -46,6 +51,14 @@ impl DnsServer {
         });
         DnsServer { addr, task }
     }
+}
+
+/// The question's name, lowercased.
+fn n_of(query: &Message) -> Option<String> {
+    query
+        .queries()
+        .first()
+        .map(|q| q.name().to_ascii().to_ascii_lowercase())
 }
 
 fn answer(query: &Message, echo: &[IpAddr]) -> Message {

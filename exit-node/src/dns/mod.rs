@@ -38,6 +38,31 @@ pub enum DnsError {
     Lookup { name: String, source: ResolveError },
 }
 
+/// Client DNS queries one session may have waiting for the upstream; more are answered
+/// SERVFAIL at once (a flood of names towards a silent domain must not pile up).
+pub const MAX_QUERIES_PER_SESSION: usize = 64;
+
+/// The node-wide cap on client DNS queries waiting for the upstream, for a descriptor
+/// `reserve` (the resolver's sockets come out of the reserve, never out of the sessions'
+/// destination sockets).
+pub fn max_queries_per_node(reserve: u64) -> usize {
+    usize::try_from(reserve / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1024)
+}
+
+/// A SERVFAIL answer to `query` (same id and question); `None` when the bytes are not a
+/// DNS query (there is no id to answer to).
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(query).ok()?;
+    if request.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut response = response_to(&request);
+    response.set_response_code(ResponseCode::ServFail);
+    response.to_vec().ok()
+}
+
 /// Answers client DNS queries and resolves destination names.
 #[derive(Debug, Clone)]
 pub struct Dns {

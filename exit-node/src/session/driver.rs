@@ -107,6 +107,10 @@ pub(crate) struct Driver {
     flows: HashMap<StreamId, Flow>,
     /// Echo requests in flight.
     echoes: usize,
+    /// DNS queries waiting for the upstream.
+    dns_queries: usize,
+    /// When a DNS limit was last logged, and how many refusals were not logged since.
+    dns_refusals_logged: Option<(std::time::Instant, u64)>,
     /// This session's account in the node's descriptor budget.
     fds: SessionFds,
     /// When a descriptor refusal was last logged, and how many were not logged since.
@@ -133,6 +137,8 @@ impl Driver {
             stalled: None,
             flows: HashMap::new(),
             echoes: 0,
+            dns_queries: 0,
+            dns_refusals_logged: None,
             fds,
             refusals_logged: None,
         }
@@ -388,6 +394,7 @@ impl Driver {
                 }
             }
             Input::DnsAnswer { id, msg } => {
+                self.dns_queries = self.dns_queries.saturating_sub(1);
                 if let Some(msg) = msg {
                     self.hub.metrics.dns_queries.inc();
                     let _ = self.conn.send_dns_response(id, msg.into());
@@ -638,12 +645,51 @@ impl Driver {
     }
 
     fn on_dns(&mut self, id: u32, msg: Bytes) {
+        let slot = match self.dns_queries < crate::dns::MAX_QUERIES_PER_SESSION {
+            true => self
+                .hub
+                .dns_slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| "dns_node"),
+            false => Err("dns_session"),
+        };
+        let permit = match slot {
+            Ok(permit) => permit,
+            Err(reason) => return self.dns_refused(id, &msg, reason),
+        };
+        self.dns_queries += 1;
         let dns = self.hub.dialer().dns.clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
             let msg = dns.answer(&msg).await;
+            drop(permit);
             let _ = inbox.send(Input::DnsAnswer { id, msg }).await;
         });
+    }
+
+    /// A DNS query over a limit: SERVFAIL at once (the app retries), counted, and logged
+    /// at most every ten seconds.
+    fn dns_refused(&mut self, id: u32, msg: &[u8], reason: &'static str) {
+        self.hub
+            .metrics
+            .limits_hit
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        if let Some(answer) = crate::dns::servfail(msg) {
+            let _ = self.conn.send_dns_response(id, answer.into());
+        }
+        let now = self.now();
+        match &mut self.dns_refusals_logged {
+            Some((at, quiet)) if now.saturating_duration_since(*at) < Duration::from_secs(10) => {
+                *quiet += 1;
+            }
+            logged => {
+                let unlogged = logged.map_or(0, |(_, n)| n);
+                tracing::info!(session = %self.conn.session_id(), reason, unlogged, "DNS query answered SERVFAIL: too many waiting for the upstream");
+                *logged = Some((now, 0));
+            }
+        }
     }
 
     // ---- upkeep -------------------------------------------------------------------------

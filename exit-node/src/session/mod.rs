@@ -46,6 +46,8 @@ pub struct SessionLimits {
     pub max_sessions: usize,
     /// Most sessions of one client key at once; a newer one ends the oldest.
     pub max_sessions_per_client: usize,
+    /// Client DNS queries waiting for the upstream, all sessions together.
+    pub max_dns_queries: usize,
     /// Deadline for the first message of a leg.
     pub handshake_timeout: Duration,
     /// Handshakes per second per source address.
@@ -125,6 +127,8 @@ pub struct Hub {
     rate: Mutex<RateLimiter>,
     /// The node's budget of descriptors for destination sockets.
     descriptors: Descriptors,
+    /// Client DNS queries waiting for the upstream, all sessions together.
+    pub(crate) dns_slots: Arc<tokio::sync::Semaphore>,
     /// Metrics shared with the admin listener.
     pub metrics: Metrics,
     /// Where sessions run; `None`: on the runtime that admits them.
@@ -175,6 +179,7 @@ impl Hub {
             dialer: RwLock::new(Arc::new(dialer)),
             rate: Mutex::new(RateLimiter::new(limits.handshakes_per_second)),
             descriptors,
+            dns_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_dns_queries)),
             limits,
             metrics,
             threads,

@@ -1172,3 +1172,72 @@ async fn an_archived_handshake_is_refused_after_a_restart() {
         "a new handshake is answered"
     );
 }
+
+/// Issue 20 §2 (DNS), from a flooding client's side: 500 queries for random names of a
+/// domain whose upstream never answers. At most `MAX_QUERIES_PER_SESSION` wait for the
+/// upstream; the rest are answered SERVFAIL at once and counted, and another session's
+/// DNS and new connections are served at once meanwhile.
+#[tokio::test]
+async fn a_dns_flood_towards_a_silent_domain_is_capped_per_session() {
+    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let mut flooder = Client::connect(&s).await;
+    let mut honest = Client::connect(&s).await;
+    const FLOOD: u32 = 500;
+    let cap = crate::dns::MAX_QUERIES_PER_SESSION as u32;
+    for i in 0..FLOOD {
+        let name = format!("r{i}.silent.example.test.");
+        let q = query(i as u16, &name, RecordType::A);
+        assert!(flooder.conn.send_dns_query(i, q.into()).unwrap());
+    }
+    flooder.until(Duration::from_secs(2), |_| false).await;
+    let servfails = flooder
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DnsResponse { msg, .. } => DnsMessage::from_vec(msg).ok(),
+            _ => None,
+        })
+        .filter(|m| m.response_code() == hickory_proto::op::ResponseCode::ServFail)
+        .count() as u32;
+    assert_eq!(
+        servfails,
+        FLOOD - cap,
+        "the queries over the cap are answered at once"
+    );
+    let metrics = s.node.hub.metrics.encode();
+    assert!(
+        metrics.contains(&format!(
+            "limits_hit_total{{reason=\"dns_session\"}} {}",
+            FLOOD - cap
+        )),
+        "{metrics}"
+    );
+    // Meanwhile another session: DNS and a new TCP stream, at once.
+    let started = std::time::Instant::now();
+    honest
+        .conn
+        .send_dns_query(1, query(1, "www.example.test.", RecordType::A).into())
+        .unwrap();
+    let answered = honest
+        .until(Duration::from_secs(2), |e| {
+            matches!(e, Event::DnsResponse { id: 1, .. })
+        })
+        .await;
+    let Some(Event::DnsResponse { msg, .. }) = answered else {
+        panic!("the other session's DNS query was not answered");
+    };
+    let msg = DnsMessage::from_vec(&msg).unwrap();
+    assert_eq!(msg.answers()[0].data().to_string(), "192.0.2.10");
+    let (echo, _) = echo_server().await;
+    let id = honest
+        .conn
+        .open_stream(StreamKind::Tcp, Destination::Addr(echo))
+        .unwrap();
+    honest
+        .until(Duration::from_secs(2), |e| {
+            *e == Event::StreamAccepted { id }
+        })
+        .await
+        .expect("the other session's new stream is accepted");
+    eprintln!("the other session was served in {:?}", started.elapsed());
+}

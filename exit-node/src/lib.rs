@@ -2,7 +2,8 @@
 //! dials real destinations under an egress policy, and resolves DNS for clients.
 //!
 //! This crate is a binary plus the library its tests drive. It may depend on `proto`, tokio,
-//! tokio-tungstenite, rustls and hickory-resolver; protocol rules live in `proto`, not here.
+//! tokio-tungstenite, rustls, hickory-resolver and rtnetlink (the exit's own addresses,
+//! `own`); protocol rules live in `proto`, not here.
 
 pub mod admin;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod dns;
 pub mod keys;
 pub mod listener;
 pub mod node;
+pub mod own;
 pub mod policy;
 pub mod server;
 pub mod session;

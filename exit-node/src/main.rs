@@ -68,7 +68,10 @@ fn main() -> ExitCode {
         }
         Command::Pubkey => report(pubkey()),
         Command::CheckConfig { config } => match check_config(&config) {
-            Ok(clients) => {
+            Ok((clients, warnings)) => {
+                for warning in warnings {
+                    eprintln!("exit-node: warning: {warning}");
+                }
                 println!("{}: ok ({clients} clients)", config.display());
                 ExitCode::SUCCESS
             }
@@ -107,6 +110,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::load(path)?;
+    for warning in config.warnings(path) {
+        tracing::warn!("{warning}");
+    }
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.file.runtime.worker_threads {
@@ -120,7 +126,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         loop {
             tokio::select! {
-                _ = hup.recv() => match Config::load(path).map_err(anyhow::Error::from).and_then(|c| Ok(node.reload(&c)?)) {
+                _ = hup.recv() => match reload(&node, path) {
                     Ok(ended) => tracing::info!(sessions_ended = ended, "configuration reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
                 },
@@ -134,8 +140,18 @@ fn run(path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// SIGHUP: load the config again (logging its warnings) and apply its clients and policy.
+fn reload(node: &exit_node::node::Node, path: &Path) -> anyhow::Result<usize> {
+    let config = Config::load(path)?;
+    for warning in config.warnings(path) {
+        tracing::warn!("{warning}");
+    }
+    Ok(node.reload(&config)?)
+}
+
 /// Everything `run` would load before binding: the config, its key files and TLS files.
-fn check_config(path: &Path) -> anyhow::Result<usize> {
+/// The number of clients and the config's warnings.
+fn check_config(path: &Path) -> anyhow::Result<(usize, Vec<String>)> {
     let config = Config::load(path)?;
     exit_node::node::proto_settings(&config)?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -144,5 +160,5 @@ fn check_config(path: &Path) -> anyhow::Result<usize> {
             exit_node::listener::tls::acceptor(&base.join(&tls.cert), &base.join(&tls.key))?;
         }
     }
-    Ok(config.clients.len())
+    Ok((config.clients.len(), config.warnings(path)))
 }

@@ -1,6 +1,6 @@
-//! Assembling a running node from a validated config: resolver, dialer, session store,
-//! listeners, admin endpoint and the periodic stats line. `main` adds signals; tests start
-//! a node in-process on loopback with port 0.
+//! Assembling a running node from a validated config: the exit's own addresses (listed and
+//! followed), resolver, dialer, session store, listeners, admin endpoint and the periodic
+//! stats line. `main` adds signals; tests start a node in-process on loopback with port 0.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::descriptors::{self, Budget, Descriptors};
 use crate::dial::Dialer;
 use crate::dns::{Dns, DnsError};
+use crate::own::{self, OwnAddresses, OwnError};
 use crate::server::{self, Listening, StartError};
 use crate::session::{self, Hub, SessionLimits};
 
@@ -28,6 +29,10 @@ pub enum NodeError {
     /// The resolver.
     #[error(transparent)]
     Dns(#[from] DnsError),
+    /// The exit's own addresses could not be listed (the node would not know what to
+    /// refuse).
+    #[error(transparent)]
+    OwnAddresses(#[from] OwnError),
     /// The session threads could not be started.
     #[error("starting the session threads: {0}")]
     Threads(#[source] std::io::Error),
@@ -51,6 +56,9 @@ pub struct Node {
     pub listening: Listening,
     /// The session store.
     pub hub: Arc<Hub>,
+    /// The exit's own addresses, kept current by `_watcher`.
+    own: OwnAddresses,
+    _watcher: own::Watcher,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -62,9 +70,9 @@ impl Drop for Node {
     }
 }
 
-fn dialer(config: &Config) -> Result<Dialer, NodeError> {
+fn dialer(config: &Config, own: &OwnAddresses) -> Result<Dialer, NodeError> {
     Ok(Dialer {
-        policy: Arc::new(config.policy.clone()),
+        policy: Arc::new(config.policy.clone().with_own_set(own.clone())),
         dns: Dns::new(&config.file.dns)?,
         connect_timeout: config.file.egress.connect_timeout,
     })
@@ -126,6 +134,8 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
     let metrics = Metrics::default();
     // Without a readable limit, assume the usual default soft limit.
     let soft_limit = descriptors::raise_nofile_limit().unwrap_or(1024);
+    let own = OwnAddresses::default();
+    let watcher = own::Watcher::start(own.clone()).await?;
     let limits = SessionLimits {
         proto: proto_settings(config)?,
         max_sessions: config.file.limits.max_sessions,
@@ -149,7 +159,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
     let hub = Hub::new(
         config.private_key,
         &config.clients,
-        dialer(config)?,
+        dialer(config, &own)?,
         limits,
         Descriptors::new(budget),
         metrics.clone(),
@@ -186,6 +196,8 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
     Ok(Node {
         listening,
         hub,
+        own,
+        _watcher: watcher,
         tasks,
     })
 }
@@ -194,7 +206,7 @@ impl Node {
     /// Apply a reloaded config's clients and egress policy; sessions of removed client
     /// keys end. Listener and limit changes need a restart.
     pub fn reload(&self, config: &Config) -> Result<usize, NodeError> {
-        Ok(self.hub.reload(&config.clients, dialer(config)?))
+        Ok(self.hub.reload(&config.clients, dialer(config, &self.own)?))
     }
 
     /// Stop accepting, end every session, and wait up to `deadline` for them to go.

@@ -33,7 +33,7 @@ pub mod lan {
 }
 
 /// The exit's IPv6 address towards inet.
-pub const EXIT_INET6: &str = "fd40::1";
+pub const EXIT_INET6: &str = addr::EXIT_INET6;
 /// The IPv6 network between the exit and inet.
 pub const INET6_NET: &str = "fd40::/64";
 

@@ -58,6 +58,12 @@ pub mod addr {
     pub const VIRTUAL_RESOLVER: &str = "172.19.0.2";
     /// The inet host's IPv6 address, once [`crate::extra::inet_ipv6`] gave it one.
     pub const INET6: &str = "fd40::2";
+    /// The exit's IPv6 address towards inet, once [`crate::extra::inet_ipv6`] gave it one
+    /// (the same as [`crate::extra::EXIT_INET6`]).
+    pub const EXIT_INET6: &str = "fd40::1";
+    /// An address inside [`INET_NET`] that no host has until a test adds it to the exit's
+    /// inet interface while the exit runs (`own_addresses.rs`).
+    pub const EXIT_LATER: &str = "10.40.0.77";
 }
 
 /// Names in the inet DNS zone, and what they resolve to.
@@ -68,6 +74,10 @@ pub const ZONE_NAMES: &[(&str, &str)] = &[
     ("own", addr::EXIT_UP),
     // AAAA only; the address exists once `extra::inet_ipv6` added it.
     ("www6", addr::INET6),
+    // The exit itself, inside the allowed network (issue 20 §1: never dialled).
+    ("exit", addr::EXIT_INET),
+    ("exit6", addr::EXIT_INET6),
+    ("later", addr::EXIT_LATER),
 ];
 
 /// Ports used inside the namespaces (every namespace has its own port space).
@@ -197,6 +207,8 @@ pub struct Topology {
     netns_etc: PathBuf,
     /// More CIDRs for the exit's `egress.allow_cidrs` (see [`Topology::exit_allow`]).
     exit_allow: Vec<String>,
+    /// The exit config's `admin.address` (see [`Topology::exit_admin_address`]).
+    exit_admin: String,
 }
 
 impl Topology {
@@ -222,6 +234,7 @@ impl Topology {
             client_offload: true,
             client_tun_mtu: None,
             exit_allow: Vec::new(),
+            exit_admin: format!("127.0.0.1:{}", port::ADMIN),
         };
         t.wire();
         t.write_certificates();
@@ -490,6 +503,13 @@ impl Topology {
         self.exit_allow.push(cidr.to_owned());
     }
 
+    /// Bind the exit's admin listener to `address` (for the next [`Topology::start_exit`];
+    /// default `127.0.0.1:9090`). [`Topology::exit_metrics`] still asks `127.0.0.1:9090`,
+    /// so keep the port and use a wildcard (`0.0.0.0`, `[::]`) or loopback.
+    pub fn exit_admin_address(&mut self, address: &str) {
+        self.exit_admin = address.to_owned();
+    }
+
     /// The exit-node process, once started.
     pub fn exit_pid(&self) -> Option<u32> {
         self.exit_pid
@@ -564,7 +584,7 @@ allow_cidrs = ["{inet_net}"{more_allowed}]
 upstreams = ["{inet}:53"]
 
 [admin]
-address = "127.0.0.1:{admin}"
+address = "{admin}"
 
 [runtime]
 state_dir = "{state}"
@@ -587,7 +607,7 @@ stats_interval = "5s"
                 .map(|c| format!(", \"{c}\""))
                 .collect::<String>(),
             inet = addr::INET,
-            admin = port::ADMIN,
+            admin = self.exit_admin,
         );
         std::fs::write(self.path("exit-node.toml"), config).expect("write exit config");
     }

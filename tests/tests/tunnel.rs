@@ -299,13 +299,15 @@ fn the_exit_refuses_destinations_its_policy_does_not_allow() {
     assert_eq!(udp.stdout.trim(), "allowed", "UDP control: {}", udp.stderr);
     // Each of these has an echo server the exit can reach (see the topology test); only
     // the egress policy stands between: private (10/8), metadata (169.254.169.254) and the
-    // exit's own addresses. (Not its inet-side address: that lies inside the explicitly
-    // allowed INET_NET, and an allowance covers the exit's own addresses by design.)
+    // exit's own addresses — its inet-side address too, although it lies inside the
+    // explicitly allowed INET_NET: an allowance never opens the exit's own addresses
+    // (issue 20 §1; `own_addresses.rs` tries every service and form).
     let denied = [
         addr::PRIVATE,
         addr::METADATA,
         addr::EXIT_UP,
         addr::EXIT_DOWN,
+        addr::EXIT_INET,
     ];
     for ip in denied {
         let tcp = probe(&t.client, &["tcp", &echo(ip), "ssrf"]);

@@ -1,11 +1,14 @@
 //! The egress-policy canonicaliser and check (TESTPLAN §24): any address and port never
 //! panics; an allowed verdict is always the canonical form, is never a special range, and
-//! re-checking the dialled address gives the same verdict.
+//! re-checking the dialled address gives the same verdict; with everything allowed, the
+//! exit's own address (here the fuzzed one) is still refused in whatever form it comes.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use exit_node::policy::{EgressPolicy, Transport, Verdict, canonical_ip, special_range};
+use exit_node::policy::{
+    Allowances, EgressPolicy, Refusal, Transport, Verdict, canonical_ip, special_range,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,4 +34,13 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(policy.check(&[0; 32], dial, transport), Verdict::Allow(dial));
         }
     }
+    let everything = Allowances {
+        cidrs: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        ports: vec![],
+    };
+    let own = EgressPolicy::default()
+        .with_global(everything)
+        .with_own_addresses(vec![canonical]);
+    let verdict = own.check(&[0; 32], SocketAddr::new(ip, port), Transport::Tcp);
+    assert_eq!(verdict, Verdict::Refuse(Refusal::OwnAddress), "{ip}");
 });

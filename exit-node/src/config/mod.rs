@@ -198,10 +198,17 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EgressConfig {
-    /// Networks every client may reach although denied by default.
+    /// Networks every client may reach although denied by default. Never opens the exit's
+    /// own addresses, even when it covers them (see `allow_own_addresses`).
     pub allow_cidrs: Vec<IpNet>,
     /// Ports every client may reach although blocked.
     pub allow_ports: Vec<u16>,
+    /// The exit's own addresses that every client may reach anyway, each exact (`/32` or
+    /// `/128`), e.g. `["10.40.0.1/32"]`: a client then reaches every service of the exit
+    /// bound to that address or to `0.0.0.0`/`::` (the admin listener too). Lifts only the
+    /// own-address rule: a private address still needs `allow_cidrs`. `check-config` warns
+    /// about every entry.
+    pub allow_own_addresses: Vec<IpNet>,
     /// Networks refused even though public.
     pub deny_cidrs: Vec<IpNet>,
     /// Ports refused unless allowed.
@@ -219,6 +226,7 @@ impl Default for EgressConfig {
         EgressConfig {
             allow_cidrs: Vec::new(),
             allow_ports: Vec::new(),
+            allow_own_addresses: Vec::new(),
             deny_cidrs: Vec::new(),
             blocked_ports: DEFAULT_BLOCKED_PORTS.to_vec(),
             connect_timeout: Duration::from_secs(10),
@@ -369,7 +377,8 @@ pub struct Config {
     pub private_key: [u8; 32],
     /// Allowed clients.
     pub clients: Vec<Client>,
-    /// The egress policy (without the exit's own addresses, which are found at start-up).
+    /// The egress policy (without the exit's own addresses, which are found at start-up
+    /// and followed by `crate::own`).
     pub policy: EgressPolicy,
     /// The admin listener's bearer token (`[admin] token_file`).
     pub admin_token: Option<AdminToken>,
@@ -417,11 +426,14 @@ impl Config {
             .map_err(key_err("private_key_file".into()))?;
         let mut clients = Vec::with_capacity(file.clients.len());
         let mut seen = HashSet::new();
+        let own_allowed = exact_addresses(&file.egress.allow_own_addresses)
+            .map_err(|(i, msg)| invalid(&format!("egress.allow_own_addresses[{i}]"), msg))?;
         let mut policy = EgressPolicy::default()
             .with_global(Allowances {
                 cidrs: file.egress.allow_cidrs.clone(),
                 ports: file.egress.allow_ports.clone(),
             })
+            .with_own_allowed(own_allowed)
             .with_denied(file.egress.deny_cidrs.clone())
             .with_blocked_ports(file.egress.blocked_ports.clone());
         for (i, c) in file.clients.iter().enumerate() {
@@ -459,6 +471,48 @@ impl Config {
             file,
         })
     }
+
+    /// What an operator should know about this config although it is valid (printed by
+    /// `exit-node check-config`, logged at start); each names the file and the key.
+    pub fn warnings(&self, path: &Path) -> Vec<String> {
+        self.file
+            .egress
+            .allow_own_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                format!(
+                    "config file {}: key `egress.allow_own_addresses[{i}]`: clients may reach \
+                     the exit's own address {}, and every service of the exit bound to it or \
+                     to 0.0.0.0/:: (the admin listener too)",
+                    path.display(),
+                    net.addr()
+                )
+            })
+            .collect()
+    }
+}
+
+/// The addresses of `nets`, each of which must be a single address (`/32`, `/128`); else
+/// the index of the first that is not and why.
+fn exact_addresses(nets: &[IpNet]) -> Result<Vec<std::net::IpAddr>, (usize, String)> {
+    nets.iter()
+        .enumerate()
+        .map(|(i, net)| {
+            if net.prefix_len() == net.max_prefix_len() {
+                Ok(net.addr())
+            } else {
+                Err((
+                    i,
+                    format!(
+                        "expected one exact address such as \"10.40.0.1/32\" or \
+                         \"2001:db8::1/128\", got the network {net}: own addresses are \
+                         opened one by one"
+                    ),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// The admin token from `admin.token_file`; an admin listener on anything but loopback

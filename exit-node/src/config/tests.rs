@@ -239,3 +239,66 @@ fn an_admin_listener_off_loopback_needs_a_token() {
         "the token leaks into Debug"
     );
 }
+
+/// Issue 20 §1: own addresses are opened one exact address at a time, and every opening is
+/// a warning naming the file and the key.
+#[test]
+fn own_addresses_are_opened_only_exactly_and_with_a_warning() {
+    let dir = keydir("own");
+    let path = dir.0.join("exit-node.toml");
+    let config = parse(&dir, MINIMAL).unwrap();
+    assert!(config.file.egress.allow_own_addresses.is_empty());
+    assert!(config.warnings(&path).is_empty());
+    let egress = "[egress]\nallow_cidrs = [\"10.40.0.0/24\"]\nallow_own_addresses = [\"10.40.0.1/32\", \"2001:db8::1/128\"]\n";
+    let config = parse(
+        &dir,
+        &(MINIMAL.replace("[[clients]]", &format!("{egress}[[clients]]"))),
+    )
+    .unwrap();
+    assert!(
+        config
+            .policy
+            .own_address_allowed("10.40.0.1".parse().unwrap())
+    );
+    assert!(
+        config
+            .policy
+            .own_address_allowed("2001:db8::1".parse().unwrap())
+    );
+    assert!(
+        !config
+            .policy
+            .own_address_allowed("10.40.0.2".parse().unwrap())
+    );
+    let warnings = config.warnings(&path);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("exit-node.toml")
+            && warnings[0].contains("`egress.allow_own_addresses[0]`")
+            && warnings[0].contains("10.40.0.1")
+            && warnings[0].contains("admin"),
+        "{}",
+        warnings[0]
+    );
+    for (list, index) in [
+        ("[\"10.40.0.0/24\"]", 0),
+        ("[\"10.40.0.1/32\", \"::/0\"]", 1),
+    ] {
+        let egress = format!("[egress]\nallow_own_addresses = {list}\n");
+        let text = MINIMAL.replace("[[clients]]", &format!("{egress}[[clients]]"));
+        let err = parse(&dir, &text).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`egress.allow_own_addresses[{index}]`"))
+                && err.contains("exit-node.toml")
+                && err.contains("exact address"),
+            "{err}"
+        );
+    }
+    // A bare address is not a CIDR: the schema error names the key.
+    let text = MINIMAL.replace(
+        "[[clients]]",
+        "[egress]\nallow_own_addresses = [\"10.40.0.1\"]\n[[clients]]",
+    );
+    let err = parse(&dir, &text).unwrap_err().to_string();
+    assert!(err.contains("allow_own_addresses"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! Dialling destinations for clients: resolve, check every address against the egress
-//! policy, then connect to the checked address (never re-resolve between check and dial).
+//! policy, ask the kernel whether the address is this host's (`crate::own::is_local`),
+//! then connect to the checked address (never re-resolve between check and dial).
 //!
 //! TCP races the allowed addresses happy-eyeballs style (RFC 8305 §5: alternate families,
 //! IPv6 first, a new attempt every 250 ms or as soon as the previous one fails; the first
@@ -12,6 +13,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
 use crate::dns::{Dns, DnsError};
+use crate::own;
 use crate::policy::{EgressPolicy, Refusal, Transport, Verdict};
 
 /// Where a client wants to go.
@@ -82,7 +84,11 @@ impl Dialer {
         let mut first_refusal = None;
         let mut allowed = Vec::new();
         for addr in candidates {
-            match self.policy.check(client, addr, transport) {
+            let verdict = match self.policy.check(client, addr, transport) {
+                Verdict::Allow(checked) => self.kernel_check(checked, target)?,
+                refused => refused,
+            };
+            match verdict {
                 Verdict::Allow(canonical) if !allowed.contains(&canonical) => {
                     allowed.push(canonical)
                 }
@@ -96,6 +102,27 @@ impl Dialer {
             (false, _) => Ok(allowed),
             (true, Some(refusal)) => Err(DialError::Refused(refusal)),
             (true, None) => Err(DialError::NoAddresses(describe(target))),
+        }
+    }
+
+    /// The kernel's word on an address the policy allowed: one that a local bind (or its
+    /// route) says is this host's is refused like any own address — an address added since
+    /// the watcher's last list, or a range routed `local` that no interface lists — unless
+    /// `egress.allow_own_addresses` names it.
+    fn kernel_check(&self, addr: SocketAddr, target: &Target) -> Result<Verdict, DialError> {
+        if self.policy.own_address_allowed(addr.ip()) {
+            return Ok(Verdict::Allow(addr));
+        }
+        match own::is_local(addr.ip()) {
+            Ok(false) => Ok(Verdict::Allow(addr)),
+            Ok(true) => {
+                tracing::debug!(ip = %addr.ip(), "the kernel says this address is local");
+                Ok(Verdict::Refuse(Refusal::OwnAddress))
+            }
+            Err(source) => Err(DialError::Connect {
+                target: describe(target),
+                source,
+            }),
         }
     }
 

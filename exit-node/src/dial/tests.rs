@@ -10,7 +10,17 @@ use crate::testutil::DnsServer;
 
 const CLIENT: [u8; 32] = [1; 32];
 
+/// A dialer allowing `allow`, and the loopback addresses the tests' servers listen on
+/// (which are the exit's own: see [`strict_dialer`]).
 fn dialer(dns: &DnsServer, allow: &[&str]) -> Dialer {
+    let mut d = strict_dialer(dns, allow);
+    let loopback = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    d.policy = Arc::new((*d.policy).clone().with_own_allowed(loopback.to_vec()));
+    d
+}
+
+/// A dialer allowing `allow`, which opens no own address.
+fn strict_dialer(dns: &DnsServer, allow: &[&str]) -> Dialer {
     let allow = Allowances {
         cidrs: allow.iter().map(|c| c.parse().unwrap()).collect(),
         ports: vec![],
@@ -153,6 +163,82 @@ async fn udp_flows_reach_allowed_destinations() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf[..n], b"ping");
+}
+
+/// Issue 20 §1: the exit's own addresses are refused inside an allowed CIDR, by address
+/// and by name, over TCP and UDP, and nothing is dialled.
+#[tokio::test]
+async fn the_exit_itself_is_refused_by_address_and_by_name() {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let dns = DnsServer::start(vec!["127.0.0.1".parse().unwrap()]).await;
+    let d = strict_dialer(&dns, &["127.0.0.0/8", "::1/128", "0.0.0.0/0"]);
+    let targets = [
+        Target::Addr(SocketAddr::from(([127, 0, 0, 1], port))),
+        Target::Addr(format!("[::ffff:127.0.0.1]:{port}").parse().unwrap()),
+        Target::Addr(SocketAddr::from(([0, 0, 0, 0], port))),
+        name("echo.example.test.", port),
+        name("loop.example.test.", port),
+    ];
+    for target in &targets {
+        let tcp = d.connect_tcp(&CLIENT, target).await;
+        assert!(
+            matches!(tcp, Err(DialError::Refused(Refusal::OwnAddress))),
+            "{target:?}: {tcp:?}"
+        );
+        let udp = d.connect_udp(&CLIENT, target).await;
+        assert!(
+            matches!(udp, Err(DialError::Refused(Refusal::OwnAddress))),
+            "{target:?}: {udp:?}"
+        );
+    }
+    let accepted = tokio::time::timeout(Duration::from_millis(200), server.accept()).await;
+    assert!(accepted.is_err(), "the exit dialled itself");
+}
+
+/// The kernel check on the dial path refuses a local address the policy's set does not
+/// list (one added between two lists, or a range routed `local`): here every address of
+/// this host's interfaces, with the set left empty and everything allowed.
+#[tokio::test]
+async fn local_addresses_missing_from_the_set_are_refused_by_the_kernel_check() {
+    let listed = crate::own::OwnAddresses::default();
+    let _watcher = crate::own::Watcher::start(listed.clone()).await.unwrap();
+    // (An address of an interface that is down has no local route: not this test's case.)
+    let host: Vec<IpAddr> = listed
+        .snapshot()
+        .iter()
+        .copied()
+        .filter(|ip| !crate::policy::is_always_own(*ip))
+        .filter(|ip| crate::own::is_local(*ip).unwrap_or(false))
+        .collect();
+    let dns = DnsServer::start(vec![]).await;
+    let d = strict_dialer(&dns, &["0.0.0.0/0", "::/0"]);
+    assert!(
+        !d.policy
+            .is_own(host.first().copied().unwrap_or([192, 0, 2, 1].into()))
+    );
+    for ip in &host {
+        let target = Target::Addr(SocketAddr::new(*ip, 9));
+        let got = d.allowed_addrs(&CLIENT, &target, Transport::Udp).await;
+        assert!(
+            matches!(got, Err(DialError::Refused(Refusal::OwnAddress))),
+            "{ip}: {got:?}"
+        );
+        let mut opened = strict_dialer(&dns, &["0.0.0.0/0", "::/0"]);
+        opened.policy = Arc::new((*opened.policy).clone().with_own_allowed(vec![*ip]));
+        let got = opened.allowed_addrs(&CLIENT, &target, Transport::Udp).await;
+        assert_eq!(got.unwrap(), vec![SocketAddr::new(*ip, 9)]);
+    }
+    if host.is_empty() {
+        eprintln!("this host has no address but loopback: kernel check not exercised");
+    }
+    // A remote address passes.
+    let remote = Target::Addr("198.51.100.7:9".parse().unwrap());
+    assert!(
+        d.allowed_addrs(&CLIENT, &remote, Transport::Udp)
+            .await
+            .is_ok()
+    );
 }
 
 #[test]

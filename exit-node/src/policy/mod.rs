@@ -6,6 +6,13 @@
 //! SMTP (port 25) is blocked by default. Operators allow CIDRs and ports globally or per
 //! client key.
 //!
+//! The exit's own addresses (every address of every interface, followed at run time by
+//! `crate::own`, plus loopback and the unspecified addresses) are refused *whatever the
+//! allowances say*: an allowed CIDR that happens to hold the exit's address must not open
+//! its admin listener or any service bound to `0.0.0.0`/`::` (issue 20 §1, TESTPLAN §27).
+//! Only an exact entry in [`EgressPolicy::with_own_allowed`] (`egress.allow_own_addresses`)
+//! lifts that rule, for that one address.
+//!
 //! The check runs on the *canonical* address: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated,
 //! IPv4-compatible, NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`) forms are reduced to the IPv4
 //! address they carry, and [`Verdict::Allow`] returns that canonical address — the caller
@@ -16,9 +23,10 @@ mod ranges;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use ipnet::IpNet;
 
@@ -67,6 +75,55 @@ pub enum Verdict {
     Refuse(Refusal),
 }
 
+/// The exit's own addresses: a set shared between the policy (which reads it on every
+/// check) and the watcher that follows the interfaces (which replaces it on every change).
+/// Cloning gives another handle to the same set. Addresses are stored canonical.
+#[derive(Debug, Clone, Default)]
+pub struct OwnAddresses(Arc<RwLock<Arc<HashSet<IpAddr>>>>);
+
+impl OwnAddresses {
+    /// A set holding `addrs` (until replaced).
+    pub fn new(addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let own = OwnAddresses::default();
+        own.replace(addrs);
+        own
+    }
+
+    /// Whether `ip` (in any form) is one of the addresses.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.snapshot().contains(&canonical_ip(ip))
+    }
+
+    /// The current addresses.
+    pub fn snapshot(&self) -> Arc<HashSet<IpAddr>> {
+        // A panic while holding the lock cannot leave the set half-written: it is swapped
+        // whole, so a poisoned lock still holds a complete set.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace the addresses; returns those added and those removed.
+    pub fn replace(&self, addrs: impl IntoIterator<Item = IpAddr>) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let new: HashSet<IpAddr> = addrs.into_iter().map(canonical_ip).collect();
+        let mut guard = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut added: Vec<IpAddr> = new.difference(&guard).copied().collect();
+        let mut removed: Vec<IpAddr> = guard.difference(&new).copied().collect();
+        added.sort();
+        removed.sort();
+        *guard = Arc::new(new);
+        (added, removed)
+    }
+}
+
+/// Whether `ip` (canonical) always means this host, whatever its interfaces: the loopback
+/// ranges and the unspecified addresses (a connect to `0.0.0.0` or `::` reaches the host
+/// itself on Linux).
+pub fn is_always_own(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
+
 /// Exceptions granted on top of the defaults, globally or to one client key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowances {
@@ -93,7 +150,8 @@ pub struct EgressPolicy {
     per_client: HashMap<[u8; 32], Allowances>,
     deny_cidrs: Vec<IpNet>,
     blocked_ports: Vec<u16>,
-    own_addrs: Vec<IpAddr>,
+    own_addrs: OwnAddresses,
+    own_allowed: Vec<IpAddr>,
 }
 
 /// Ports blocked unless allowed: SMTP, the classic spam vector from VPN exits.
@@ -106,7 +164,8 @@ impl Default for EgressPolicy {
             per_client: HashMap::new(),
             deny_cidrs: Vec::new(),
             blocked_ports: DEFAULT_BLOCKED_PORTS.to_vec(),
-            own_addrs: Vec::new(),
+            own_addrs: OwnAddresses::default(),
+            own_allowed: Vec::new(),
         }
     }
 }
@@ -136,10 +195,36 @@ impl EgressPolicy {
         self
     }
 
-    /// The exit's own interface addresses, denied unless explicitly allowed.
-    pub fn with_own_addresses(mut self, addrs: Vec<IpAddr>) -> Self {
-        self.own_addrs = addrs.into_iter().map(canonical_ip).collect();
+    /// The exit's own interface addresses (a fixed set), refused unless in
+    /// [`EgressPolicy::with_own_allowed`].
+    pub fn with_own_addresses(self, addrs: Vec<IpAddr>) -> Self {
+        self.with_own_set(OwnAddresses::new(addrs))
+    }
+
+    /// The exit's own interface addresses as a set that is kept up to date elsewhere.
+    pub fn with_own_set(mut self, own: OwnAddresses) -> Self {
+        self.own_addrs = own;
         self
+    }
+
+    /// Own addresses clients may reach anyway (`egress.allow_own_addresses`): each lifts
+    /// the own-address rule for exactly that address; the other rules still apply.
+    pub fn with_own_allowed(mut self, addrs: Vec<IpAddr>) -> Self {
+        self.own_allowed = addrs.into_iter().map(canonical_ip).collect();
+        self
+    }
+
+    /// Whether the own-address rule is lifted for `ip` (exact, canonical match). The dialer
+    /// asks before refusing an address the kernel says is local.
+    pub fn own_address_allowed(&self, ip: IpAddr) -> bool {
+        self.own_allowed.contains(&canonical_ip(ip))
+    }
+
+    /// Whether `ip` is one of the exit's own addresses as far as the policy knows (the
+    /// followed set, loopback, unspecified); the dialer adds the kernel's word on top.
+    pub fn is_own(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        is_always_own(ip) || self.own_addrs.contains(ip)
     }
 
     /// Decide whether `client` may reach `dest` over `transport`.
@@ -155,13 +240,14 @@ impl EgressPolicy {
         if let Some(net) = self.deny_cidrs.iter().find(|net| net.contains(&ip)) {
             return Verdict::Refuse(Refusal::DeniedNetwork(*net));
         }
-        if !allowed_addr(ip) {
-            if let Some(range) = special_range(ip) {
-                return Verdict::Refuse(Refusal::SpecialRange(range));
-            }
-            if self.own_addrs.contains(&ip) {
-                return Verdict::Refuse(Refusal::OwnAddress);
-            }
+        if !allowed_addr(ip)
+            && let Some(range) = special_range(ip)
+        {
+            return Verdict::Refuse(Refusal::SpecialRange(range));
+        }
+        // Not lifted by `allowed_addr`: an allowed CIDR may hold the exit's own address.
+        if self.is_own(ip) && !self.own_address_allowed(ip) {
+            return Verdict::Refuse(Refusal::OwnAddress);
         }
         let port = dest.port();
         let allowed_port =

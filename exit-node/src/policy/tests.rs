@@ -151,25 +151,121 @@ fn allowances_are_global_or_per_client() {
     );
 }
 
+/// Issue 20 §1: an allowance that covers the exit's own address does not open it; only an
+/// exact `allow_own_addresses` entry does, for that address alone.
 #[test]
-fn own_addresses_are_refused_unless_allowed() {
+fn own_addresses_are_refused_whatever_allow_cidrs_says() {
     let own: IpAddr = "1.2.3.4".parse().unwrap();
-    let policy = EgressPolicy::default().with_own_addresses(vec![own]);
+    let everything = Allowances {
+        cidrs: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        ports: vec![],
+    };
+    let policy = EgressPolicy::default()
+        .with_own_addresses(vec![own])
+        .with_global(everything.clone())
+        .with_client(CLIENT, everything);
+    for dest in [
+        "1.2.3.4:80",
+        "[::ffff:1.2.3.4]:9090",
+        "[64:ff9b::102:304]:7",
+    ] {
+        for transport in [Transport::Tcp, Transport::Udp] {
+            assert_eq!(
+                policy.check(&CLIENT, sa(dest), transport),
+                Verdict::Refuse(Refusal::OwnAddress),
+                "{dest} {transport:?}"
+            );
+        }
+    }
+    // Not own: the allowance applies.
     assert_eq!(
-        check(&policy, "1.2.3.4:80"),
-        Verdict::Refuse(Refusal::OwnAddress)
+        check(&policy, "1.2.3.5:80"),
+        Verdict::Allow(sa("1.2.3.5:80"))
     );
+    let opened = policy.with_own_allowed(vec![own]);
     assert_eq!(
-        check(&policy, "[::ffff:1.2.3.4]:80"),
-        Verdict::Refuse(Refusal::OwnAddress)
+        check(&opened, "1.2.3.4:80"),
+        Verdict::Allow(sa("1.2.3.4:80"))
     );
-    let allowed = policy.with_global(Allowances {
-        cidrs: vec!["1.2.3.4/32".parse().unwrap()],
+}
+
+#[test]
+fn loopback_and_unspecified_are_own_even_when_allowed() {
+    let policy = EgressPolicy::default().with_global(Allowances {
+        cidrs: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        ports: vec![],
+    });
+    for dest in [
+        "127.0.0.1:9090",
+        "127.1.2.3:7",
+        "0.0.0.0:9090",
+        "[::1]:9090",
+        "[::]:9090",
+        "[::ffff:127.0.0.1]:9090",
+        "[::ffff:0.0.0.0]:9090",
+    ] {
+        assert_eq!(
+            check(&policy, dest),
+            Verdict::Refuse(Refusal::OwnAddress),
+            "{dest}"
+        );
+    }
+}
+
+#[test]
+fn an_own_address_opened_exactly_still_needs_its_range_allowed() {
+    let own: IpAddr = "10.40.0.1".parse().unwrap();
+    let policy = EgressPolicy::default()
+        .with_own_addresses(vec![own])
+        .with_own_allowed(vec!["::ffff:10.40.0.1".parse().unwrap()]);
+    assert!(matches!(
+        check(&policy, "10.40.0.1:80"),
+        Verdict::Refuse(Refusal::SpecialRange(_))
+    ));
+    let policy = policy.with_global(Allowances {
+        cidrs: vec!["10.40.0.0/24".parse().unwrap()],
         ports: vec![],
     });
     assert_eq!(
-        check(&allowed, "1.2.3.4:80"),
-        Verdict::Allow(sa("1.2.3.4:80"))
+        check(&policy, "10.40.0.1:80"),
+        Verdict::Allow(sa("10.40.0.1:80"))
+    );
+    // The opening is for that address alone.
+    let policy = policy.with_own_addresses(vec![own, "10.40.0.9".parse().unwrap()]);
+    assert_eq!(
+        check(&policy, "10.40.0.9:80"),
+        Verdict::Refuse(Refusal::OwnAddress)
+    );
+    assert!(!policy.own_address_allowed("10.40.0.9".parse().unwrap()));
+}
+
+/// The set is shared: an address the watcher adds after the policy was built is refused
+/// at once, one it removes is dialled again.
+#[test]
+fn own_addresses_follow_the_shared_set() {
+    let own = OwnAddresses::default();
+    let policy = EgressPolicy::default()
+        .with_own_set(own.clone())
+        .with_global(Allowances {
+            cidrs: vec!["10.40.0.0/24".parse().unwrap()],
+            ports: vec![],
+        });
+    assert_eq!(
+        check(&policy, "10.40.0.77:7"),
+        Verdict::Allow(sa("10.40.0.77:7"))
+    );
+    let (added, removed) = own.replace(vec!["::ffff:10.40.0.77".parse().unwrap()]);
+    assert_eq!(added, vec!["10.40.0.77".parse::<IpAddr>().unwrap()]);
+    assert!(removed.is_empty());
+    assert_eq!(
+        check(&policy, "10.40.0.77:7"),
+        Verdict::Refuse(Refusal::OwnAddress)
+    );
+    let (_, removed) = own.replace(vec![]);
+    assert_eq!(removed.len(), 1);
+    assert_eq!(
+        check(&policy, "10.40.0.77:7"),
+        Verdict::Allow(sa("10.40.0.77:7"))
     );
 }
 

@@ -624,6 +624,7 @@ impl Driver {
         let key = self.client.key;
         let inbox = self.inbox.clone();
         let session = self.conn.session_id();
+        let metrics = self.hub.metrics.clone();
         tokio::spawn(async move {
             let target = crate::dial::Target::Addr(SocketAddr::new(dest, 0));
             let data = match dialer
@@ -636,6 +637,13 @@ impl Driver {
                     reply
                 }
                 Err(e) => {
+                    if let DialError::Refused(r) = &e {
+                        let reason = refusal_name(r);
+                        metrics
+                            .egress_refused
+                            .get_or_create(&ReasonLabel { reason })
+                            .inc();
+                    }
                     tracing::info!(%session, %dest, error = %e, "echo refused");
                     None
                 }

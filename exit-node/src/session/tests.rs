@@ -49,6 +49,10 @@ impl Drop for Setup {
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
+/// `[egress]` lines for tests whose destinations are servers on 127.0.0.1: loopback is the
+/// exit's own, so it needs both the range and the exact own address.
+const LOOPBACK: &str = "allow_cidrs = [\"127.0.0.0/8\"]\nallow_own_addresses = [\"127.0.0.1/32\"]";
+
 /// A node with a plain up listener and a TLS down listener on loopback; `egress` is the
 /// `[egress]` table body.
 async fn setup(egress: &str) -> Setup {
@@ -311,7 +315,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn tcp_streams_echo_through_the_node_by_address_and_by_name() {
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let (echo, _) = echo_server().await;
     let mut c = Client::connect(&s).await;
     for dest in [
@@ -359,7 +363,7 @@ async fn dns_queries_are_answered_through_the_tunnel() {
 
 #[tokio::test]
 async fn udp_datagrams_cross_both_ways() {
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = echo.local_addr().unwrap();
     tokio::spawn(async move {
@@ -445,7 +449,7 @@ async fn refused_destinations_are_reset_and_never_dialled() {
 
 #[tokio::test]
 async fn a_lost_down_leg_is_reattached_and_the_transfer_completes() {
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let (echo, _) = echo_server().await;
     let mut c = Client::connect(&s).await;
     let id = c
@@ -570,7 +574,7 @@ async fn a_revoked_key_ends_its_session_and_cannot_reconnect() {
 async fn a_slow_destination_reader_bounds_exit_memory() {
     // A destination that accepts but never reads: the client's writes must stall at the
     // credit limit instead of piling up at the exit.
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hold = tokio::spawn(async move {
@@ -629,7 +633,7 @@ fn client_config(s: &Setup) -> ClientConfig {
 
 #[tokio::test]
 async fn many_streams_at_once_with_an_up_leg_reattach_in_the_middle() {
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let (echo, connections) = echo_server().await;
     let mut c = Client::connect(&s).await;
     let data = pattern(256 * 1024);
@@ -713,11 +717,7 @@ async fn dns_aaaa_txt_and_nxdomain_pass_through() {
 
 #[tokio::test]
 async fn the_stream_limit_resets_extra_streams_and_the_rest_keep_working() {
-    let s = setup_with(
-        r#"allow_cidrs = ["127.0.0.0/8"]"#,
-        "max_streams_per_session = 3",
-    )
-    .await;
+    let s = setup_with(LOOPBACK, "max_streams_per_session = 3").await;
     let (echo, _) = echo_server().await;
     let mut c = Client::connect(&s).await;
     let ids: Vec<StreamId> = (0..4)
@@ -781,7 +781,7 @@ async fn a_socket_that_never_handshakes_is_dropped_while_others_are_served() {
 
 #[tokio::test]
 async fn an_unknown_client_key_gets_no_answer_and_nothing_is_dialled() {
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let mut cfg = client_config(&s);
     cfg.private_key = proto::generate_keypair().0;
     let (_, init) = ClientHandshake::start(&cfg, timestamp()).unwrap();
@@ -828,11 +828,7 @@ async fn graceful_shutdown_closes_sessions_with_a_reason() {
 
 #[tokio::test]
 async fn destination_sockets_over_the_session_share_are_refused_and_given_back_on_close() {
-    let s = setup_with(
-        r#"allow_cidrs = ["127.0.0.0/8"]"#,
-        "max_dest_sockets_per_session = 3",
-    )
-    .await;
+    let s = setup_with(LOOPBACK, "max_dest_sockets_per_session = 3").await;
     let (echo, dialled) = echo_server().await;
     let refusals = || {
         s.node
@@ -1179,7 +1175,7 @@ async fn an_archived_handshake_is_refused_after_a_restart() {
 /// DNS and new connections are served at once meanwhile.
 #[tokio::test]
 async fn a_dns_flood_towards_a_silent_domain_is_capped_per_session() {
-    let s = setup(r#"allow_cidrs = ["127.0.0.0/8"]"#).await;
+    let s = setup(LOOPBACK).await;
     let mut flooder = Client::connect(&s).await;
     let mut honest = Client::connect(&s).await;
     const FLOOD: u32 = 500;

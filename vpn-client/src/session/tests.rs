@@ -62,6 +62,7 @@ name = "tester"
 public_key = "{}"
 [egress]
 allow_cidrs = ["127.0.0.0/8"]
+allow_own_addresses = ["127.0.0.1/32"]
 [dns]
 upstreams = ["127.0.0.1:9"]
 [log]

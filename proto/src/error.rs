@@ -96,13 +96,12 @@ pub enum Error {
         /// The newest accepted before.
         last: u64,
     },
-    /// The peer claims to expect a record counter we never sent, or one already acknowledged.
-    #[error("peer's next expected counter {claimed} is outside [{acked}, {sent}]")]
+    /// The peer's attach claims to expect a record counter we never sent. (A resume point
+    /// below what was already acknowledged is not an error: an older acknowledgement.)
+    #[error("peer's next expected counter {claimed} was never sent (next to send: {sent})")]
     BadResumePoint {
         /// The claimed next expected counter.
         claimed: u64,
-        /// The first unacknowledged counter.
-        acked: u64,
         /// The next counter we would send.
         sent: u64,
     },

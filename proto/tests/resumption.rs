@@ -148,3 +148,71 @@ fn a_replaced_up_transport_in_fallback_resumes_at_the_clients_next() {
     s.attach(Leg::Up);
     assert_eq!(s.exit_resends(), vec![0, 1]);
 }
+
+/// A down-leg attach withheld (by a relay, or just slower than the up leg) while the exit
+/// sends in fallback, released after the client acknowledged more on the up leg: its
+/// resume point is behind the acknowledgements. It is accepted as an older acknowledgement
+/// (§3.6) and the exit resumes on the down leg at the first unacknowledged record — not at
+/// the attach's `next`, whose records are freed — with the session intact.
+#[test]
+fn an_overtaken_attach_resumes_at_the_first_unacknowledged_record() {
+    let mut s = session();
+    s.now += Settings::default().fallback_after;
+    s.exit.handle_timeout(s.now);
+    assert_eq!(s.exit.send_leg(), Some(Leg::Up));
+    let first = s.exit_sends(3);
+    s.deliver_to_client(&first[0]);
+    // The client opens a down transport; the relay holds its attach (next = 1).
+    let withheld = Attach::decode(&s.client.attach_request(Leg::Down)).expect("attach");
+    assert_eq!(withheld.next, 1);
+    for t in &first[1..] {
+        s.deliver_to_client(t);
+    }
+    // The client's next up record acknowledges all three.
+    assert_eq!(
+        s.client.send_dns_query(9, Bytes::from_static(b"q")),
+        Ok(true)
+    );
+    let up: Vec<Transmit> = std::iter::from_fn(|| s.client.poll_transmit(s.now)).collect();
+    for t in &up {
+        let msg = BytesMut::from(&t.payload[..]);
+        s.exit
+            .handle_record(s.now, Leg::Up, msg)
+            .expect("record accepted");
+    }
+    assert_eq!(s.exit.stats().unacked_bytes, 0, "all three acknowledged");
+    // Two more go out on the up leg and are lost with it.
+    let lost = s.exit_sends(2);
+    assert!(lost.iter().all(|t| t.leg == Leg::Up));
+    // Now the withheld attach arrives.
+    let ok = s
+        .exit
+        .handle_attach(s.now, Leg::Down, &withheld)
+        .expect("an overtaken attach is accepted");
+    assert!(!s.exit.is_closed());
+    assert_eq!(s.exit.stats().overtaken_attaches, 1);
+    assert_eq!(s.exit.send_leg(), Some(Leg::Down));
+    let again: Vec<Transmit> = std::iter::from_fn(|| s.exit.poll_transmit(s.now)).collect();
+    let counters: Vec<u64> = again
+        .iter()
+        .map(|t| record_counter(&t.payload).expect("a record"))
+        .collect();
+    assert_eq!(
+        counters,
+        vec![3, 4],
+        "resumes at the first unacknowledged record"
+    );
+    assert!(again.iter().all(|t| t.leg == Leg::Down));
+    s.client
+        .handle_attach_ok(s.now, Leg::Down, &ok)
+        .expect("attach ok accepted");
+    for t in &again {
+        s.deliver_to_client(t);
+    }
+    // A replay of the same attach is refused by its seq and changes nothing.
+    assert!(matches!(
+        s.exit.handle_attach(s.now, Leg::Down, &withheld),
+        Err(proto::Error::StaleAttach { .. })
+    ));
+    assert!(!s.exit.is_closed());
+}

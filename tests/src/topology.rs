@@ -551,6 +551,28 @@ impl Topology {
         exit_public
     }
 
+    /// `kill -9` the exit-node and start it again with the same config and keys (its
+    /// sessions are gone, as after a crash); wait until both relays reach it again.
+    pub fn restart_exit(&mut self) {
+        let pid = self.exit_pid.take().expect("exit-node runs");
+        let stopped = self.exit.stop(pid, "KILL", Duration::from_secs(5));
+        assert!(stopped.is_some(), "exit-node did not die");
+        let pid = self.exit.spawn_logged(
+            &bin("exit-node"),
+            &["run", "--config", &self.file("exit-node.toml")],
+            &self.path("exit-node.log"),
+        );
+        self.exit_pid = Some(pid);
+        wait_listening(
+            &self.relay_a,
+            &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
+        );
+        wait_listening(
+            &self.relay_b,
+            &format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
+        );
+    }
+
     /// The exit's `/metrics` text (from its admin listener).
     pub fn exit_metrics(&self) -> String {
         let admin = format!("127.0.0.1:{}", port::ADMIN);

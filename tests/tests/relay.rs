@@ -175,3 +175,48 @@ async fn stall_holds_messages_until_released() {
     assert_eq!(control(&relay, "stall off").await, "ok");
     assert_eq!(next(&mut ws).await.unwrap(), b"Eheld");
 }
+
+#[tokio::test]
+async fn answer4404_closes_the_first_message_with_unknown_session() {
+    let relay = start_relay(upstream().await);
+    assert_eq!(control(&relay, "answer4404 2").await, "ok");
+    for _ in 0..2 {
+        let mut ws = client(&relay).await;
+        ws.send(Message::binary(b"attach".to_vec())).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
+        match got {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), 4404);
+                assert_eq!(frame.reason.as_str(), "unknown session");
+            }
+            other => panic!("expected a close 4404, got {other:?}"),
+        }
+    }
+    // The third connection is relayed again.
+    let mut ws = client(&relay).await;
+    ws.send(Message::binary(b"x".to_vec())).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap(), b"Ex");
+    let stats = control(&relay, "stats").await;
+    assert!(stats.starts_with("connections=1 "), "{stats}");
+    assert!(stats.contains(" answered_4404=2 "), "{stats}");
+}
+
+#[tokio::test]
+async fn withhold_holds_the_first_message_until_release() {
+    let relay = start_relay(upstream().await);
+    assert_eq!(control(&relay, "withhold 1").await, "ok");
+    let mut ws = client(&relay).await;
+    ws.send(Message::binary(b"first".to_vec())).await.unwrap();
+    assert_eq!(next(&mut ws).await, None, "the first message is held back");
+    // Later messages of the same connection pass (the client sends none while attaching).
+    ws.send(Message::binary(b"second".to_vec())).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap(), b"Esecond");
+    let stats = control(&relay, "stats").await;
+    assert!(stats.ends_with(" withheld=1"), "{stats}");
+    assert_eq!(control(&relay, "release").await, "ok");
+    assert_eq!(next(&mut ws).await.unwrap(), b"Efirst", "released late");
+    // Only one connection was armed.
+    let mut other = client(&relay).await;
+    other.send(Message::binary(b"y".to_vec())).await.unwrap();
+    assert_eq!(next(&mut other).await.unwrap(), b"Ey");
+}

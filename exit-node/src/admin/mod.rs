@@ -120,6 +120,10 @@ pub struct Metrics {
     pub handshakes_accepted: Counter,
     /// Dropped handshake or attach attempts by reason.
     pub handshakes_rejected: Family<ReasonLabel, Counter>,
+    /// Attaches accepted although their resume point lay behind the acknowledgements
+    /// already received (PROTOCOL.md §3.6), by leg: overtaken by the other leg's records,
+    /// or withheld by a relay and released late.
+    pub attaches_overtaken: Family<DirectionLabel, Counter>,
     /// Destinations refused by the egress policy, by reason.
     pub egress_refused: Family<ReasonLabel, Counter>,
     /// Limits hit, by limit.
@@ -171,6 +175,12 @@ impl Metrics {
             "handshakes_rejected",
             "Dropped handshake or attach attempts",
             self.handshakes_rejected.clone(),
+        );
+        r.register(
+            "attaches_overtaken",
+            "Attaches accepted whose resume point was behind the acknowledgements already \
+             received (overtaken by the other leg, or withheld by a relay)",
+            self.attaches_overtaken.clone(),
         );
         r.register(
             "egress_refused",

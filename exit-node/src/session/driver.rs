@@ -260,12 +260,16 @@ impl Driver {
 
     fn on_attach(&mut self, attach: &proto::message::Attach, mut sock: LegSocket) {
         let leg = to_proto(sock.leg);
+        let overtaken = self.conn.stats().overtaken_attaches;
         match self.conn.handle_attach(self.now(), leg, attach) {
             Ok(ok) => {
                 // The core resumes at the attach's resume point on the new transport; a
                 // record stalled for the old one is sent again from there.
                 if self.stalled.as_ref().is_some_and(|t| t.leg == leg) {
                     self.stalled = None;
+                }
+                if self.conn.stats().overtaken_attaches > overtaken {
+                    self.on_overtaken_attach(leg, attach, sock.peer);
                 }
                 self.install_leg(sock, Some(ok));
             }
@@ -280,6 +284,33 @@ impl Driver {
                 });
             }
         }
+    }
+
+    /// An authenticated attach whose resume point the client's acknowledgements on the
+    /// other leg had already passed (PROTOCOL.md §3.6): an older acknowledgement, accepted.
+    /// Honest when the other leg is faster; a relay that withholds attaches and releases
+    /// them late shows up here too.
+    fn on_overtaken_attach(
+        &self,
+        leg: proto::Leg,
+        attach: &proto::message::Attach,
+        peer: SocketAddr,
+    ) {
+        tracing::info!(
+            session = %self.conn.session_id(),
+            leg = %leg,
+            %peer,
+            seq = attach.seq,
+            resume_point = attach.next,
+            "attach overtaken: its resume point is behind the acknowledgements already \
+             received (the other leg was faster, or a relay withheld it); accepted, sending \
+             resumes at the first unacknowledged record"
+        );
+        self.hub
+            .metrics
+            .attaches_overtaken
+            .get_or_create(&direction(leg))
+            .inc();
     }
 
     fn on_record(&mut self, leg: proto::Leg, generation: u64, data: BytesMut) {

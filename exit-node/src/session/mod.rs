@@ -8,7 +8,8 @@
 //!
 //! Nothing is answered to a first message that fails the cheap checks: the connection is
 //! dropped and the reason logged and counted. An attach for an unknown session is closed
-//! with WebSocket close code 4404, so a client knows to start a new session.
+//! with WebSocket close code 4404: unauthenticated, so a client starts a new session only
+//! once the loss is confirmed (PROTOCOL.md §7.4).
 
 mod driver;
 mod echo;

@@ -239,6 +239,11 @@ pub struct Stats {
     pub dropped_datagrams: u64,
     /// The send key's epoch.
     pub tx_epoch: u64,
+    /// Authenticated attaches (exit) or attach answers (client) whose resume point was
+    /// already behind the acknowledgements received: overtaken by records on the other leg,
+    /// or withheld by a relay and released late (§3.6). Accepted; a steady count on one
+    /// leg points at a relay that holds attaches back.
+    pub overtaken_attaches: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -414,6 +419,14 @@ impl Connection {
         self.send_leg
     }
 
+    /// When the last authenticated message of the session arrived, on either leg: a record
+    /// that opened, or an attach (exit) or attach answer (client) whose proof verified — the
+    /// peer holds the session. Nothing unauthenticated (a duplicate record, a WebSocket
+    /// close) moves it.
+    pub fn last_authenticated(&self) -> Option<Instant> {
+        self.legs.iter().filter_map(|l| l.last_rx).max()
+    }
+
     /// Whether `leg` is attached.
     pub fn is_attached(&self, leg: Leg) -> bool {
         self.legs[leg.index()].attached
@@ -518,7 +531,11 @@ impl Connection {
 
     /// Exit: verify an attach that arrived as the first message of a transport of `leg`.
     /// On success the leg is attached (replacing any older transport of it, which the
-    /// driver must close) and the returned `AttachOk` must be sent on it.
+    /// driver must close) and the returned `AttachOk` must be sent on it. A resume point
+    /// already behind the client's acknowledgements (the attach was overtaken or withheld)
+    /// is an older acknowledgement, not an error (§3.6; counted in
+    /// [`Stats::overtaken_attaches`]); errors other than `BadResumePoint` leave the session
+    /// as it was: drop that transport.
     pub fn handle_attach(
         &mut self,
         now: Instant,
@@ -562,7 +579,9 @@ impl Connection {
     }
 
     /// Client: verify the exit's answer to an attach on `leg`; on success the leg is
-    /// attached and sending resumes where the exit says.
+    /// attached and sending resumes where the exit says (or at the first unacknowledged
+    /// record, if acknowledgements on the other leg overtook the answer, §3.6). Errors
+    /// other than `BadResumePoint` leave the session as it was: drop that transport.
     pub fn handle_attach_ok(&mut self, now: Instant, leg: Leg, msg: &[u8]) -> Result<(), Error> {
         self.check_open()?;
         let ok = AttachOk::decode(msg)?;
@@ -590,15 +609,22 @@ impl Connection {
         Ok(())
     }
 
-    fn check_resume_point(&self, next: u64) -> Result<(), Error> {
-        match self.tx.valid_resume_point(next) {
-            true => Ok(()),
-            false => Err(Error::BadResumePoint {
+    /// The resume point `next` of an authenticated `Attach`/`AttachOk` (§3.6): beyond the
+    /// next counter to be sealed is a violation (the peer claims records never sent);
+    /// below the first unacknowledged one it is an older acknowledgement — the peer's
+    /// records on the other leg overtook the attach (an honest race in fallback, or a
+    /// relay that withheld it and released it later) — harmless and only counted.
+    fn check_resume_point(&mut self, next: u64) -> Result<(), Error> {
+        if next > self.tx.next_counter {
+            return Err(Error::BadResumePoint {
                 claimed: next,
-                acked: self.tx.acked,
                 sent: self.tx.next_counter,
-            }),
+            });
         }
+        if next < self.tx.acked {
+            self.stats.overtaken_attaches += 1;
+        }
+        Ok(())
     }
 
     fn mark_attached(&mut self, now: Instant, leg: Leg) {

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
-use crate::sim::{Bulk, Dir, Pair, PairConfig, SimError, Verdict};
+use crate::sim::{Bulk, Dir, LinkConfig, Pair, PairConfig, SimError, Verdict};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -648,4 +648,160 @@ impl crate::sim::App for Refuser {
             let _ = conn.reset_stream(id, ResetCode::PolicyRefused);
         }
     }
+}
+
+/// Bytes the client's application has read on the down halves.
+fn down_read(bulk: &Bulk) -> u64 {
+    bulk.down.iter().map(|h| h.read).sum()
+}
+
+/// A relay on the down leg withholds the client's Attach and releases it once fallback
+/// traffic on the up leg moved the acknowledgements past its resume point (§3.6, issue 20
+/// §3). Its `seq` is still the newest, its proof verifies: an older acknowledgement, not a
+/// violation. The session, its streams and every byte survive.
+#[test]
+fn a_withheld_down_attach_released_after_fallback_keeps_the_session() {
+    // 4 MiB/s each way: the 64 MiB download is still running when the attach arrives.
+    let link = LinkConfig {
+        bandwidth: Some(4 * MIB),
+        ..LinkConfig::default()
+    };
+    let mut pair = Pair::new(PairConfig {
+        up: link,
+        down: link,
+        ..PairConfig::default()
+    })
+    .expect("handshake");
+    let mut bulk = Bulk::new(2, 2 * MIB, 32 * MIB);
+    pair.run(&mut bulk, Duration::from_secs(30), |b| {
+        down_read(b) > 2 * MIB
+    })
+    .unwrap();
+    // The down leg drops; the re-attach 50 ms later is held back for 8 s by the relay, so
+    // the exit falls back to the up leg after 3 s and the client acknowledges what arrives.
+    let held = Rc::new(Cell::new(false));
+    let h = held.clone();
+    pair.set_tamper(move |leg, dir, msg| {
+        let attach = dir == Dir::ToExit && msg.first() == Some(&message::ty::ATTACH);
+        if leg == Leg::Down && attach && !h.get() {
+            h.set(true);
+            return Verdict::Delay(Duration::from_secs(8));
+        }
+        Verdict::Pass
+    });
+    let before = down_read(&bulk);
+    pair.cut(Leg::Down);
+    pair.run(&mut bulk, Duration::from_secs(7), |_| false).ok();
+    assert!(held.get(), "the re-attach was not held back");
+    assert_eq!(pair.exit.send_leg(), Some(Leg::Up), "not in fallback");
+    assert!(
+        down_read(&bulk) > before + MIB,
+        "no fallback traffic moved the acknowledgements"
+    );
+    // The attach arrives now, behind the acknowledgements: accepted, down leg back.
+    pair.run(&mut bulk, Duration::from_secs(2), |_| false).ok();
+    assert_eq!(pair.exit.stats().overtaken_attaches, 1);
+    assert_eq!(pair.exit.send_leg(), Some(Leg::Down));
+    finish(&mut pair, &mut bulk, 120);
+    assert!(!pair.exit.is_closed() && !pair.client.is_closed());
+    assert!(pair.stats.errors.is_empty(), "{:?}", pair.stats.errors);
+}
+
+/// No attacker needed: when the down leg's path is slower than the up leg's, a down-leg
+/// re-attach during a download in fallback is overtaken by the client's acknowledgements
+/// on the up leg. It must still attach (refusing it would keep the session on one path for
+/// as long as the download runs; ending the session is worse).
+#[test]
+fn a_slow_down_leg_reattaches_during_a_fallback_download() {
+    let mut pair = Pair::new(PairConfig {
+        up: LinkConfig {
+            latency: Duration::from_millis(5),
+            bandwidth: Some(16 * MIB),
+        },
+        down: LinkConfig {
+            latency: Duration::from_millis(150),
+            bandwidth: Some(16 * MIB),
+        },
+        ..PairConfig::default()
+    })
+    .expect("handshake");
+    let mut bulk = Bulk::new(1, 0, 160 * MIB);
+    pair.run(&mut bulk, Duration::from_secs(30), |b| {
+        down_read(b) > 8 * MIB
+    })
+    .unwrap();
+    pair.reconnect[Leg::Down.index()] = Some(Duration::from_secs(4));
+    pair.cut(Leg::Down);
+    pair.run(&mut bulk, Duration::from_secs(5), |_| false).ok();
+    assert!(
+        !bulk.done(),
+        "the download ended too early to show anything"
+    );
+    assert_eq!(pair.exit.send_leg(), Some(Leg::Down), "{:?}", pair.stats);
+    assert!(pair.exit.stats().overtaken_attaches >= 1);
+    finish(&mut pair, &mut bulk, 120);
+}
+
+/// The client's side of it: the AttachOk of its pending attach arrives after records on
+/// the other leg acknowledged more (a relay held it back). It is the genuine answer (its
+/// `seq` is single-use), so the leg attaches.
+#[test]
+fn an_attach_ok_overtaken_by_acknowledgements_is_accepted() {
+    let mut pair = pair();
+    let now = pair.now;
+    for i in 0..4 {
+        assert_eq!(
+            pair.client.send_dns_query(i, Bytes::from_static(b"q")),
+            Ok(true)
+        );
+    }
+    let records: Vec<Transmit> = std::iter::from_fn(|| pair.client.poll_transmit(now)).collect();
+    assert!(!records.is_empty());
+    // The down transport is replaced; the exit answers the attach, the relay holds the
+    // answer back.
+    pair.client.leg_lost(now, Leg::Down);
+    pair.exit.leg_lost(now, Leg::Down);
+    let attach = Attach::decode(&pair.client.attach_request(Leg::Down)).unwrap();
+    let ok = pair.exit.handle_attach(now, Leg::Down, &attach).unwrap();
+    // Meanwhile the exit gets the client's records and acknowledges them on the up leg
+    // (any leg works for records, §4.4).
+    for t in &records {
+        let msg = BytesMut::from(&t.payload[..]);
+        pair.exit.handle_record(now, Leg::Up, msg).unwrap();
+    }
+    // The exit's next record (a DNS answer here) carries the acknowledgement.
+    assert_eq!(
+        pair.exit.send_dns_response(0, Bytes::from_static(b"a")),
+        Ok(true)
+    );
+    let acks: Vec<Transmit> = std::iter::from_fn(|| pair.exit.poll_transmit(now)).collect();
+    for t in &acks {
+        let msg = BytesMut::from(&t.payload[..]);
+        pair.client.handle_record(now, Leg::Up, msg).unwrap();
+    }
+    assert!(pair.client.tx.acked > AttachOk::decode(&ok).unwrap().next);
+    assert_eq!(pair.client.handle_attach_ok(now, Leg::Down, &ok), Ok(()));
+    assert!(pair.client.is_attached(Leg::Down));
+    assert_eq!(pair.client.stats().overtaken_attaches, 1);
+    // Replayed once more, the same answer is stale (its attach is no longer pending): the
+    // driver drops that transport, the session stays.
+    assert!(matches!(
+        pair.client.handle_attach_ok(now, Leg::Down, &ok),
+        Err(Error::StaleAttach { .. })
+    ));
+    assert!(!pair.client.is_closed());
+}
+
+/// Only a resume point beyond anything sent is a violation: it ends the session.
+#[test]
+fn a_resume_point_beyond_what_was_sent_ends_the_session() {
+    let mut pair = pair();
+    let now = pair.now;
+    pair.client.ack.next = pair.exit.tx.next_counter + 1;
+    let attach = Attach::decode(&pair.client.attach_request(Leg::Up)).unwrap();
+    assert!(matches!(
+        pair.exit.handle_attach(now, Leg::Up, &attach),
+        Err(Error::BadResumePoint { .. })
+    ));
+    assert!(pair.exit.is_closed());
 }

@@ -223,11 +223,6 @@ impl Tx {
         }
     }
 
-    /// Whether `next` is a counter the peer may legitimately expect.
-    pub fn valid_resume_point(&self, next: u64) -> bool {
-        (self.acked..=self.next_counter).contains(&next)
-    }
-
     /// When the oldest record on the wire was sent, if one is unacknowledged.
     pub fn oldest_in_flight(&self) -> Option<Instant> {
         self.unacked.front().and_then(|s| s.sent_at)

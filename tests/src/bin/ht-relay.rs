@@ -13,6 +13,13 @@
 //! way; c2s is client to exit),
 //! `replay` (open a new upstream connection and send it the first message of the most
 //! recent connection: a replayed handshake or attach), `stats`.
+//!
+//! Hostile-relay hooks (issue 20 §3, TESTPLAN §29), each for the next N connections:
+//! `answer4404 N` (answer the client's first message — its attach or handshake — with a
+//! WebSocket close 4404 "unknown session" as an exit that lost the session would, never
+//! contacting the exit), `withhold N` (hold the client's first message back; nothing else is
+//! held) and `release` (forward every held first message now, late, on its own connection).
+//! `stats` adds `answered_4404=` and `withheld=` (messages held back so far).
 // tungstenite's handshake callback returns its (large) ErrorResponse by value.
 #![allow(clippy::result_large_err)]
 
@@ -30,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -82,6 +90,16 @@ struct Relay {
     generation: watch::Sender<(u64, bool)>,
     last_first: Mutex<Option<(String, String, Vec<u8>)>>,
     connections: AtomicU64,
+    /// Connections still to answer with close 4404 (`answer4404 N`).
+    answer_4404: AtomicU64,
+    /// Connections answered with close 4404.
+    answered_4404: AtomicU64,
+    /// Connections whose first client message is still to be withheld (`withhold N`).
+    withhold: AtomicU64,
+    /// First messages withheld so far.
+    withheld: AtomicU64,
+    /// Bumped by `release`: connections forward the message they hold.
+    release: watch::Sender<u64>,
     messages: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
     upstream: Mutex<Option<SocketAddr>>,
@@ -160,6 +178,13 @@ where
     };
     let mut client = tokio_tungstenite::accept_hdr_async(io, capture).await?;
     let (host, path) = target;
+    if take_one(&relay.answer_4404) {
+        return answer_unknown_session(client, &relay).await;
+    }
+    let withhold = take_one(&relay.withhold);
+    // Subscribing marks the current value seen: only a later `release` wakes it.
+    let mut release = relay.release.subscribe();
+    let mut held: Option<Message> = None;
     let tcp = TcpStream::connect(upstream).await?;
     let _ = tcp.set_nodelay(true);
     let (mut server, _) =
@@ -175,8 +200,18 @@ where
                 if first && msg.is_binary() {
                     *relay.last_first.lock().expect("lock") = Some((host.clone(), path.clone(), msg.clone().into_data().to_vec()));
                     first = false;
+                    if withhold {
+                        relay.withheld.fetch_add(1, Ordering::Relaxed);
+                        held = Some(msg);
+                        continue;
+                    }
                 }
                 forward(&relay, Dir::C2s, msg, &mut server).await?;
+            }
+            _ = release.changed(), if held.is_some() => {
+                if let Some(msg) = held.take() {
+                    forward(&relay, Dir::C2s, msg, &mut server).await?;
+                }
             }
             msg = server.next() => {
                 let Some(Ok(msg)) = msg else { break };
@@ -194,6 +229,41 @@ where
             }
         }
     }
+    Ok(())
+}
+
+/// Take one from a `… N` hook's counter; whether there was one.
+fn take_one(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Play an exit that does not know the session: wait for the client's first message,
+/// answer it with close 4404 and finish the close handshake. The exit never hears of it.
+async fn answer_unknown_session<S>(
+    mut client: tokio_tungstenite::WebSocketStream<S>,
+    relay: &Relay,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match client.next().await {
+            Some(Ok(msg)) if msg.is_binary() => break,
+            Some(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+    }
+    let close = CloseFrame {
+        code: 4404u16.into(),
+        reason: "unknown session".into(),
+    };
+    client.close(Some(close)).await?;
+    relay.answered_4404.fetch_add(1, Ordering::Relaxed);
+    // Read the client's echo of the close (bounded: a client that never answers is dropped).
+    let drain = async { while let Some(Ok(_)) = client.next().await {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
     Ok(())
 }
 
@@ -283,16 +353,31 @@ async fn command(relay: &Relay, line: &str) -> String {
             counter[d as usize] = n;
         }
         ["replay"] => return replay(relay).await,
+        [hook @ ("answer4404" | "withhold"), n] => {
+            let Ok(n) = n.parse::<u64>() else {
+                return "error: usage".into();
+            };
+            match hook {
+                "answer4404" => relay.answer_4404.store(n, Ordering::Relaxed),
+                _ => relay.withhold.store(n, Ordering::Relaxed),
+            }
+        }
+        ["release"] => {
+            relay.release.send_modify(|n| *n += 1);
+        }
         ["stats"] => {
             let m = |i: usize| relay.messages[i].load(Ordering::Relaxed);
             let b = |i: usize| relay.bytes[i].load(Ordering::Relaxed);
             return format!(
-                "connections={} c2s_messages={} c2s_bytes={} s2c_messages={} s2c_bytes={}",
+                "connections={} c2s_messages={} c2s_bytes={} s2c_messages={} s2c_bytes={} \
+                 answered_4404={} withheld={}",
                 relay.connections.load(Ordering::Relaxed),
                 m(0),
                 b(0),
                 m(1),
-                b(1)
+                b(1),
+                relay.answered_4404.load(Ordering::Relaxed),
+                relay.withheld.load(Ordering::Relaxed),
             );
         }
         _ => return format!("error: unknown command {line:?}"),

@@ -14,6 +14,8 @@ use crate::leg::ws::{Incoming, Outgoing, WsReader, WsWriter};
 use crate::leg::{Connected, LegEndpoint, LegError, LegStream};
 
 /// The WebSocket close code the exit uses when an attach names a session it does not know.
+/// Anyone answering a leg can send it: see [`super::unknown`] for what it takes to believe
+/// it (PROTOCOL.md §7.4).
 pub const CLOSE_UNKNOWN_SESSION: u16 = 4404;
 
 /// How a leg transport ended.

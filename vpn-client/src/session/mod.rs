@@ -18,6 +18,7 @@ pub mod stall;
 pub mod status;
 #[cfg(test)]
 mod tests;
+pub mod unknown;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,7 @@ use crate::leg::LegEndpoint;
 use legs::{CLOSE_UNKNOWN_SESSION, Ended, LegInput, LegSlot, Phase, Transport};
 use stall::{StallMonitor, Work};
 use status::Status;
+use unknown::{UnknownSession, Verdict};
 
 /// How long the exit has to answer a handshake or an attach.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +85,8 @@ struct Driver {
     last_dropped: status::DroppedStatus,
     kill_switch: bool,
     stall: StallMonitor,
+    /// Whether a close 4404 ("unknown session") is confirmed (PROTOCOL.md §7.4).
+    unknown: UnknownSession,
     /// When to next check that the legs' source addresses still exist.
     next_address_check: Instant,
     /// TCP segments the TUN handed over coalesced (GSO packets), since start.
@@ -161,6 +165,9 @@ impl Driver {
         let (initial, max) = config.reconnect;
         let [(up, up_url), (down, down_url)] = config.legs;
         let seed = wall_nanos();
+        // Longer than the exit's keepalive (the default, 5 s, is ours too): an exit that
+        // holds the session sends at least a ping that often (PROTOCOL.md §7.4).
+        let unknown = UnknownSession::new(2 * config.client.settings.keepalive);
         Ok(Driver {
             client: config.client,
             fwmark: config.fwmark,
@@ -181,6 +188,7 @@ impl Driver {
             last_dropped: status::DroppedStatus::default(),
             kill_switch: config.kill_switch,
             stall: StallMonitor::new(config.stall_timeout, now),
+            unknown,
             next_address_check: now + ADDRESS_CHECK,
             tun_coalesced: 0,
             tun_coalesced_out: 0,
@@ -249,6 +257,13 @@ impl Driver {
                 };
                 slot.fail(now, kind, "no answer from the exit in time".into());
             }
+        }
+        let last_auth = self.conn.as_ref().and_then(Connection::last_authenticated);
+        if let Some(confirmed) = self.unknown.handle_timeout(now, last_auth) {
+            self.new_session(
+                now,
+                &format!("the exit does not know the session: {confirmed}"),
+            );
         }
         if self.next_stats.is_some_and(|t| t <= now) {
             self.log_stats(now);
@@ -383,9 +398,15 @@ impl Driver {
         let Some(conn) = &mut self.conn else {
             return self.slot(leg).restart(now);
         };
+        let overtaken = conn.stats().overtaken_attaches;
         match conn.handle_attach_ok(now, leg, msg) {
             Ok(()) => {
-                let attaches = conn.stats().legs[usize::from(leg == Leg::Down)].attaches;
+                let stats = conn.stats();
+                let attaches = stats.legs[leg.index()].attaches;
+                if stats.overtaken_attaches > overtaken {
+                    // PROTOCOL.md §3.6: an older acknowledgement, harmless.
+                    tracing::info!(leg = %leg, "the exit's attach answer was overtaken by acknowledgements on the other leg (late, or held back by a relay); accepted");
+                }
                 let slot = self.slot(leg);
                 tracing::info!(leg = %leg, attaches, "leg attached");
                 slot.backoff.on_success();
@@ -427,7 +448,7 @@ impl Driver {
         let handshaking = matches!(phase, Phase::Handshaking { .. });
         let unknown = matches!(&why, Ended::Remote { code, .. } if *code == CLOSE_UNKNOWN_SESSION);
         if attaching && unknown {
-            return self.new_session(now, "the exit does not know the session");
+            return self.on_unknown_session(now, leg);
         }
         if let Some(conn) = &mut self.conn {
             conn.leg_lost(now, leg);
@@ -448,10 +469,51 @@ impl Driver {
         self.slot(leg).fail(now, kind, why);
     }
 
+    /// `leg`'s attach was answered with close 4404. Not authenticated (a relay can send
+    /// it): the session is given up only once that is confirmed (PROTOCOL.md §7.4);
+    /// until then only the leg is retried.
+    fn on_unknown_session(&mut self, now: Instant, leg: Leg) {
+        // Would an exit that still holds the session send us something authenticated?
+        // Yes, unless the 4404 is on the down leg while the up leg is attached and the exit
+        // may not fall back to it: then nothing can arrive either way.
+        let up_open = matches!(self.slot(Leg::Up).phase, Phase::Open { .. });
+        let fallback = self.conn.as_ref().is_some_and(Connection::fallback_enabled);
+        let evidence_expected = leg == Leg::Up || !up_open || fallback;
+        let last_auth = self.conn.as_ref().and_then(Connection::last_authenticated);
+        let verdict = self
+            .unknown
+            .on_unknown(now, leg, evidence_expected, last_auth);
+        if let Verdict::Lost(confirmed) = verdict {
+            return self.new_session(
+                now,
+                &format!("the exit does not know the session: {confirmed}"),
+            );
+        }
+        let until = match self.unknown.poll_timeout() {
+            Some(t) => format!(
+                "given up if the other leg answers 4404 too or nothing authenticated arrives \
+                 within {:.1?}",
+                t.saturating_duration_since(now)
+            ),
+            None => "given up if the other leg answers 4404 too".to_owned(),
+        };
+        tracing::warn!(
+            leg = %leg,
+            "the {leg} leg's attach was answered with close 4404 (unknown session), which is \
+             not authenticated: keeping the session and its flows ({until}) and retrying the leg"
+        );
+        if let Some(conn) = &mut self.conn {
+            conn.leg_lost(now, leg);
+        }
+        let why = "closed with 4404 (unknown session; unconfirmed)".to_owned();
+        self.slot(leg).fail(now, Failure::Network, why);
+    }
+
     /// Forget the session: reset every flow, drop both legs, handshake again.
     fn new_session(&mut self, now: Instant, why: &str) {
         tracing::warn!("session ended: {why}; starting a new one (open connections are reset)");
         self.conn = None;
+        self.unknown.reset();
         self.bridge.reset_all(&mut self.stack);
         // A session that worked is replaced at once; repeated failures back off.
         let up = self.slot(Leg::Up);
@@ -652,6 +714,7 @@ impl Driver {
             self.next_stats,
             stall,
             address,
+            self.unknown.poll_timeout(),
         ]
         .into_iter()
         .flatten()

@@ -454,6 +454,17 @@ impl Topology {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// The topology with the tunnel up, for the namespace test `test`; `None` when the test
+    /// must skip (not root, outside CI; see [`crate::netns::namespaces_available`]).
+    pub fn with_tunnel(test: &str) -> Option<Topology> {
+        if !crate::netns::namespaces_available(test) {
+            return None;
+        }
+        let mut t = Topology::new();
+        t.start_tunnel();
+        Some(t)
+    }
+
     /// Start the exit node and the client, and wait until the tunnel carries traffic.
     pub fn start_tunnel(&mut self) {
         let exit_public = self.start_exit();
@@ -533,13 +544,19 @@ impl Topology {
         let client_public = self.keypair("exit-node", "client.key");
         let exit_public = self.keypair("exit-node", "exit.key");
         self.write_exit_config(&client_public);
+        self.spawn_exit();
+        exit_public
+    }
+
+    /// Run exit-node on the written config; wait until both relays reach its listeners
+    /// (which proves relay → exit as well).
+    fn spawn_exit(&mut self) {
         let pid = self.exit.spawn_logged(
             &bin("exit-node"),
             &["run", "--config", &self.file("exit-node.toml")],
             &self.path("exit-node.log"),
         );
         self.exit_pid = Some(pid);
-        // The relays must reach both listeners: this proves relay → exit as well.
         wait_listening(
             &self.relay_a,
             &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
@@ -548,7 +565,6 @@ impl Topology {
             &self.relay_b,
             &format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
         );
-        exit_public
     }
 
     /// `kill -9` the exit-node and start it again with the same config and keys (its
@@ -557,20 +573,7 @@ impl Topology {
         let pid = self.exit_pid.take().expect("exit-node runs");
         let stopped = self.exit.stop(pid, "KILL", Duration::from_secs(5));
         assert!(stopped.is_some(), "exit-node did not die");
-        let pid = self.exit.spawn_logged(
-            &bin("exit-node"),
-            &["run", "--config", &self.file("exit-node.toml")],
-            &self.path("exit-node.log"),
-        );
-        self.exit_pid = Some(pid);
-        wait_listening(
-            &self.relay_a,
-            &format!("{}:{}", addr::EXIT_UP, port::EXIT_UP),
-        );
-        wait_listening(
-            &self.relay_b,
-            &format!("{}:{}", addr::EXIT_DOWN, port::EXIT_DOWN),
-        );
+        self.spawn_exit();
     }
 
     /// The exit's `/metrics` text (from its admin listener).

@@ -7,7 +7,6 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use e2e::netns::namespaces_available;
 use e2e::payload::expected_sha256;
 use e2e::topology::{Leg, RelayStats, Topology, addr, bin, field, finish, port, probe};
 
@@ -21,12 +20,7 @@ fn http() -> String {
 }
 
 fn tunnel(test: &str) -> Option<Topology> {
-    if !namespaces_available(test) {
-        return None;
-    }
-    let mut t = Topology::new();
-    t.start_tunnel();
-    Some(t)
+    Topology::with_tunnel(test)
 }
 
 /// Run a paced download in the client, call `fault` 0.5 s into it (asserting the download

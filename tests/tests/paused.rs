@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use e2e::netns::{Netns, namespaces_available};
+use e2e::netns::Netns;
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
 use e2e::topology::{Leg, Topology, addr, bin, field, port, wait_listening};
 
@@ -310,12 +310,7 @@ fn assert_healthy(t: &Topology) {
 }
 
 fn tunnel(test: &str) -> Option<Topology> {
-    if !namespaces_available(test) {
-        return None;
-    }
-    let mut t = Topology::new();
-    t.start_tunnel();
-    Some(t)
+    Topology::with_tunnel(test)
 }
 
 #[test]

@@ -25,12 +25,7 @@ const MIB: u64 = 1 << 20;
 const TUN_ADDR: &str = "172.19.0.1";
 
 fn tunnel(test: &str) -> Option<Topology> {
-    if !namespaces_available(test) {
-        return None;
-    }
-    let mut t = Topology::new();
-    t.start_tunnel();
-    Some(t)
+    Topology::with_tunnel(test)
 }
 
 /// The LAN router's probes at the client's tunnel addresses; the replies it got.

@@ -17,7 +17,6 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::netns::namespaces_available;
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
 use e2e::topology::{Leg, RelayStats, Topology, addr, bin, field, finish, port};
 
@@ -34,12 +33,7 @@ fn http() -> String {
 }
 
 fn tunnel(test: &str) -> Option<Topology> {
-    if !namespaces_available(test) {
-        return None;
-    }
-    let mut t = Topology::new();
-    t.start_tunnel();
-    Some(t)
+    Topology::with_tunnel(test)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

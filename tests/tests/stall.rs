@@ -7,7 +7,6 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use e2e::netns::namespaces_available;
 use e2e::payload::{Payload, SEED, expected_sha256, sha256_of};
 use e2e::topology::{Leg, Topology, addr, bin, field, finish, port};
 
@@ -25,12 +24,7 @@ fn http() -> String {
 }
 
 fn tunnel(test: &str) -> Option<Topology> {
-    if !namespaces_available(test) {
-        return None;
-    }
-    let mut t = Topology::new();
-    t.start_tunnel();
-    Some(t)
+    Topology::with_tunnel(test)
 }
 
 fn leg_name(leg: Leg) -> &'static str {

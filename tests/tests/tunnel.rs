@@ -30,12 +30,7 @@ fn http() -> String {
 
 /// A running tunnel, or `None` when namespace tests cannot run here (outside CI).
 fn tunnel(test: &str) -> Option<Topology> {
-    if !namespaces_available(test) {
-        return None;
-    }
-    let mut t = Topology::new();
-    t.start_tunnel();
-    Some(t)
+    Topology::with_tunnel(test)
 }
 
 #[test]

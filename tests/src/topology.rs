@@ -516,9 +516,16 @@ impl Topology {
 
     /// Bind the exit's admin listener to `address` (for the next [`Topology::start_exit`];
     /// default `127.0.0.1:9090`). [`Topology::exit_metrics`] still asks `127.0.0.1:9090`,
-    /// so keep the port and use a wildcard (`0.0.0.0`, `[::]`) or loopback.
+    /// so keep the port and use a wildcard (`0.0.0.0`, `[::]`) or loopback. Off loopback the
+    /// listener gets the bearer token [`ADMIN_TOKEN`] (the exit refuses it without one).
     pub fn exit_admin_address(&mut self, address: &str) {
         self.exit_admin = address.to_owned();
+    }
+
+    /// The admin token the exit was given, if its admin listener is off loopback.
+    pub fn exit_admin_token(&self) -> Option<&'static str> {
+        let ip = self.exit_admin.parse::<std::net::SocketAddr>().ok()?.ip();
+        (!ip.is_loopback()).then_some(ADMIN_TOKEN)
     }
 
     /// The exit-node process, once started.
@@ -579,7 +586,9 @@ impl Topology {
     /// The exit's `/metrics` text (from its admin listener).
     pub fn exit_metrics(&self) -> String {
         let admin = format!("127.0.0.1:{}", port::ADMIN);
-        let out = probe(&self.exit, &["body", &admin, "/metrics"]);
+        let mut args = vec!["body", &admin, "/metrics"];
+        args.extend(self.exit_admin_token());
+        let out = probe(&self.exit, &args);
         assert!(out.ok, "exit metrics: {}", out.stderr);
         out.stdout
     }
@@ -610,6 +619,7 @@ upstreams = ["{inet}:53"]
 
 [admin]
 address = "{admin}"
+{admin_token}
 
 [runtime]
 state_dir = "{state}"
@@ -633,6 +643,14 @@ stats_interval = "5s"
                 .collect::<String>(),
             inet = addr::INET,
             admin = self.exit_admin,
+            admin_token = match self.exit_admin_token() {
+                Some(token) => {
+                    let path = self.file("admin.token");
+                    std::fs::write(&path, token).expect("write the admin token");
+                    format!("token_file = \"{path}\"")
+                }
+                None => String::new(),
+            },
         );
         std::fs::write(self.path("exit-node.toml"), config).expect("write exit config");
     }
@@ -996,6 +1014,9 @@ impl ProbeOutput {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 }
+
+/// The exit admin listener's bearer token when a test binds it off loopback.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 
 /// Run `ht-probe ARGS` inside `ns`.
 pub fn probe(ns: &Netns, args: &[&str]) -> ProbeOutput {

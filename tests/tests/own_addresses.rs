@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use e2e::extra;
 use e2e::netns::{Netns, namespaces_available};
-use e2e::topology::{Topology, addr, bin, port, probe, wait_listening};
+use e2e::topology::{ADMIN_TOKEN, Topology, addr, bin, port, probe, wait_listening};
 
 /// The echo services the test binds to `::` (dual-stack) in the exit namespace.
 const ECHO_ANY6: u16 = 17;
@@ -101,7 +101,7 @@ fn attempts_on(ip: &str, name: Option<&str>) -> Vec<Attempt> {
     let kick = "POST /sessions/00000000-0000-0000-0000-000000000000/kick HTTP/1.1\r\n\
                 Host: exit\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     let mut all = vec![
-        Attempt::new(&["body", &admin, "/metrics"], admin.clone()),
+        Attempt::new(&["body", &admin, "/metrics", ADMIN_TOKEN], admin.clone()),
         Attempt::new(&["tcp", &admin, kick], admin.clone()),
         Attempt::new(&["ping", ip, "ssrf"], ip.to_owned()),
     ];
@@ -117,7 +117,10 @@ fn attempts_on(ip: &str, name: Option<&str>) -> Vec<Attempt> {
     }
     if let Some(name) = name {
         let by_name = format!("{name}:{}", port::ADMIN);
-        all.push(Attempt::new(&["body", &by_name, "/metrics"], admin.clone()));
+        all.push(Attempt::new(
+            &["body", &by_name, "/metrics", ADMIN_TOKEN],
+            admin.clone(),
+        ));
         let by_name = format!("{name}:{ECHO_ANY6}");
         all.push(Attempt::new(&["tcp", &by_name, "ssrf"], at(ip, ECHO_ANY6)));
         // `ht-probe udp` opens an IPv4 socket for anything not in brackets.
@@ -195,7 +198,10 @@ fn assert_services_answer_inside_the_exit(t: &Topology, ip: &str) {
             );
         }
     }
-    let metrics = probe(&t.exit, &["body", &at(ip, port::ADMIN), "/metrics"]);
+    let metrics = probe(
+        &t.exit,
+        &["body", &at(ip, port::ADMIN), "/metrics", ADMIN_TOKEN],
+    );
     assert!(
         metrics.ok && metrics.stdout.contains("half_tunnel_exit"),
         "control: the admin listener on {ip} inside the exit: {}",

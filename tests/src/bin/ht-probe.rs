@@ -8,7 +8,8 @@
 //! * `ht-probe get HOST:PORT PATH` — HTTP GET (the host is resolved by the system
 //!   resolver), stream the body into SHA-256 and print
 //!   `status=S bytes=N sha256=H secs=T max_gap_ms=G` (G: the longest wait for body bytes);
-//! * `ht-probe body HOST:PORT PATH` — HTTP GET, print the body (exit 1 unless 200);
+//! * `ht-probe body HOST:PORT PATH [TOKEN]` — HTTP GET (with `Authorization: Bearer TOKEN`
+//!   if given), print the body (exit 1 unless 200);
 //! * `ht-probe put HOST:PORT LEN [RATE]` — POST LEN payload bytes to `/upload` (at most
 //!   RATE bytes/s if given), print
 //!   `status=S sent=N sha256=H secs=T reply=<the server's reply>`;
@@ -41,7 +42,8 @@ fn main() -> ExitCode {
         ["udp", addr, text] => udp_once(addr, text),
         ["tcp", addr, text] => tcp_once(addr, text),
         ["get", addr, path] => http_get(addr, path),
-        ["body", addr, path] => http_body(addr, path),
+        ["body", addr, path] => http_body(addr, path, None),
+        ["body", addr, path, token] => http_body(addr, path, Some(token)),
         ["put", addr, len] => http_put(addr, len, None),
         ["put", addr, len, rate] => http_put(addr, len, Some(rate)),
         ["dns", server, name] => dns(server, name, "udp"),
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
         ["ping", ip, text] => ping(ip, text),
         _ => Err(
             "usage: ht-probe (udp-echo|tcp-echo) ADDR | (udp|tcp) ADDR TEXT | \
-                  get|body HOST:PORT PATH | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp [A|AAAA]] | \
+                  get HOST:PORT PATH | body HOST:PORT PATH [TOKEN] | put HOST:PORT LEN [RATE] | dns SERVER NAME [udp|tcp [A|AAAA]] | \
                   sink-pause ADDR READ_BYTES [GROUP] | wait ADDR SECS | ping IP TEXT"
                 .into(),
         ),
@@ -187,11 +189,12 @@ fn http_get(addr: &str, path: &str) -> Result {
     Ok(())
 }
 
-fn http_body(addr: &str, path: &str) -> Result {
+fn http_body(addr: &str, path: &str, token: Option<&str>) -> Result {
     let mut conn = connect(addr)?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut reader = BufReader::new(conn);
     let status = read_head(&mut reader)?;

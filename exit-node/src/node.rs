@@ -142,6 +142,7 @@ pub async fn start(config: &Config, config_dir: &Path) -> Result<Node, NodeError
         max_sessions_per_client: config.file.limits.max_sessions_per_client.get(),
         max_dns_queries: crate::dns::max_queries_per_node(Budget::reserve(soft_limit)),
         handshake_timeout: config.file.limits.handshake_timeout,
+        max_message_size: config.file.limits.max_message_size,
         handshakes_per_second: config.file.limits.handshakes_per_second_per_source,
         udp_idle_timeout: config.file.egress.udp_idle_timeout,
     };

@@ -113,6 +113,12 @@ pub struct Attach {
 
 /// Encoded length of `Attach`.
 pub const ATTACH_LEN: usize = 1 + 1 + 16 + 1 + 8 + 8 + MAC_LEN;
+
+/// The longest valid first message of a leg: a `HandshakeInit` (type, version, at most
+/// 512 bytes of Noise, mac1) or an `Attach`. An exit reads no more than this before the
+/// peer has authenticated (§10).
+pub const MAX_FIRST_MESSAGE: usize = 2 + 512 + MAC_LEN;
+const _: () = assert!(ATTACH_LEN <= MAX_FIRST_MESSAGE);
 /// Encoded length of `AttachOk`.
 pub const ATTACH_OK_LEN: usize = 1 + 16 + 1 + 8 + 8 + MAC_LEN;
 

@@ -210,6 +210,12 @@ impl Decoder {
         }
     }
 
+    /// Refuse messages over `max_message` bytes from now on (e.g. a small limit until the
+    /// peer has authenticated, the configured one after).
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
     /// The next message or control frame in `buf` (consumed from its front), or how much to
     /// read. After an error the transport must be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WsError> {

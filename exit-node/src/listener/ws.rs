@@ -53,6 +53,11 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
         }
     }
 
+    /// Refuse messages over `max_message` bytes from now on.
+    pub fn set_max_message(&mut self, max_message: usize) {
+        self.decoder.set_max_message(max_message);
+    }
+
     /// The next message, ping or close.
     pub async fn next(&mut self) -> Result<Incoming, ReadError> {
         loop {

@@ -51,6 +51,9 @@ pub struct SessionLimits {
     pub max_dns_queries: usize,
     /// Deadline for the first message of a leg.
     pub handshake_timeout: Duration,
+    /// Largest WebSocket message of a leg once its first message was read (before that,
+    /// `proto::message::MAX_FIRST_MESSAGE`).
+    pub max_message_size: usize,
     /// Handshakes per second per source address.
     pub handshakes_per_second: u32,
     /// UDP flows idle this long are closed.
@@ -361,6 +364,10 @@ fn unix_now() -> Duration {
 /// Read a leg's first message and route it.
 async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
     let deadline = hub.limits.handshake_timeout;
+    // Nothing longer than a handshake or an attach is read before the peer authenticated.
+    sock.ws
+        .reader
+        .set_max_message(proto::message::MAX_FIRST_MESSAGE);
     let first = match tokio::time::timeout(deadline, first_binary(&mut sock.ws)).await {
         Ok(Ok(msg)) => msg,
         Ok(Err(NoFirst { reason, detail })) => {
@@ -368,6 +375,7 @@ async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
         }
         Err(_) => return hub.reject(sock.peer, sock.leg, "timeout", &"no first message in time"),
     };
+    sock.ws.reader.set_max_message(hub.limits.max_message_size);
     if sock.decoy {
         return decoy(hub, sock, first).await;
     }

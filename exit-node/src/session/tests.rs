@@ -1237,3 +1237,24 @@ async fn a_dns_flood_towards_a_silent_domain_is_capped_per_session() {
         .expect("the other session's new stream is accepted");
     eprintln!("the other session was served in {:?}", started.elapsed());
 }
+
+/// Issue 20 §4, from an unauthenticated peer's side: a first message longer than any
+/// handshake or attach is refused at its header, not read (before, up to
+/// `max_message_size`, 1 MiB, was read and buffered first), on a leg path and a decoy.
+#[tokio::test]
+async fn a_first_message_is_capped_at_the_largest_handshake() {
+    let s = setup("").await;
+    for path in ["/u", "/static/x.js"] {
+        let mut ws = ws_plain(s.node.listening.up, path).await;
+        let big = vec![1u8; proto::message::MAX_FIRST_MESSAGE + 1];
+        let _ = ws.send(Message::Binary(big.into())).await;
+        assert_eq!(next_binary(&mut ws).await, None);
+    }
+    let metrics = s.node.hub.metrics.encode();
+    assert!(
+        metrics.contains("handshakes_rejected_total{reason=\"oversized\"} 2"),
+        "{metrics}"
+    );
+    // Records larger than that still pass once a client is in:
+    // `tcp_streams_echo_through_the_node_by_address_and_by_name` moves 3 MiB in them.
+}

@@ -185,12 +185,8 @@ impl App for Downloads {
     }
 
     fn exit_event(&mut self, _: Instant, conn: &mut Connection, event: Event) {
-        match event {
-            Event::StreamOpened { id, .. } => {
-                conn.accept_stream(id).expect("accept");
-            }
-            Event::StreamReset { .. } => {}
-            _ => {}
+        if let Event::StreamOpened { id, .. } = event {
+            conn.accept_stream(id).expect("accept");
         }
     }
 }

@@ -397,20 +397,23 @@ async fn admit(hub: Arc<Hub>, mut sock: LegSocket) {
 /// is not a client — an attach names a session this node does not hold, anything else is
 /// dropped — and never let it become a leg.
 async fn decoy(hub: Arc<Hub>, mut sock: LegSocket, first: Bytes) {
-    let attach = proto::message::message_type(&first) == Ok(proto::message::ty::ATTACH);
     match proto::message::Attach::decode(&first) {
-        Ok(a) if attach => {
-            let close = Outgoing::Close(CLOSE_UNKNOWN_SESSION, "unknown session");
-            let _ = sock.ws.writer.send(close).await;
-            hub.reject(sock.peer, sock.leg, "unknown_path", &a.session)
-        }
-        _ => hub.reject(
+        Ok(a) => unknown_session(&hub, &mut sock, "unknown_path", &a.session).await,
+        Err(_) => hub.reject(
             sock.peer,
             sock.leg,
             "unknown_path",
             &"a first message on a path that names no leg",
         ),
     }
+}
+
+/// Answer an attach for a session this node does not hold: close 4404, then count and log
+/// the refusal under `reason`. Leg paths and decoys answer through here alike.
+async fn unknown_session(hub: &Hub, sock: &mut LegSocket, reason: &'static str, session: &Uuid) {
+    let close = Outgoing::Close(CLOSE_UNKNOWN_SESSION, "unknown session");
+    let _ = sock.ws.writer.send(close).await;
+    hub.reject(sock.peer, sock.leg, reason, session);
 }
 
 /// Why a leg sent no first binary message: a fixed reason (metric label) and the detail
@@ -583,9 +586,7 @@ async fn attach(hub: Arc<Hub>, mut sock: LegSocket, msg: Bytes) {
         .get(&attach.session)
         .map(|e| e.inbox.clone());
     let Some(inbox) = inbox else {
-        let close = Outgoing::Close(CLOSE_UNKNOWN_SESSION, "unknown session");
-        let _ = sock.ws.writer.send(close).await;
-        return hub.reject(sock.peer, sock.leg, "unknown_session", &attach.session);
+        return unknown_session(&hub, &mut sock, "unknown_session", &attach.session).await;
     };
     let peer = sock.peer;
     let leg = sock.leg;

@@ -561,13 +561,7 @@ async fn a_revoked_key_ends_its_session_and_cannot_reconnect() {
     ws.send(Message::Binary(init)).await.unwrap();
     assert_eq!(next_binary(&mut ws).await, None);
     // Wait for the driver to leave the store.
-    for _ in 0..100 {
-        if s.node.hub.session_count() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(s.node.hub.session_count(), 0);
+    wait_for_sessions(&s, 0).await;
 }
 
 #[tokio::test]
@@ -620,6 +614,18 @@ async fn a_slow_destination_reader_bounds_exit_memory() {
         "{metrics}"
     );
     hold.abort();
+}
+
+/// Wait (2 s at most) until the store holds `n` sessions: ended drivers leave it shortly
+/// after their session closed.
+async fn wait_for_sessions(s: &Setup, n: usize) {
+    for _ in 0..100 {
+        if s.node.hub.session_count() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.node.hub.session_count(), n);
 }
 
 fn client_config(s: &Setup) -> ClientConfig {
@@ -1121,13 +1127,7 @@ async fn one_client_key_holds_at_most_its_share_of_sessions() {
             .await;
         assert!(answered.is_some(), "session {} stopped working", i + 2);
     }
-    for _ in 0..100 {
-        if s.node.hub.session_count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(s.node.hub.session_count(), 2);
+    wait_for_sessions(&s, 2).await;
     let metrics = s.node.hub.metrics.encode();
     assert!(
         metrics.contains("limits_hit_total{reason=\"sessions_per_client\"} 1"),
